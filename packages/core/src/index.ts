@@ -1,0 +1,5 @@
+export * from './errors.js'
+export * from './digest.js'
+export * from './json.js'
+export * from './fs.js'
+export * from './events.js'
