@@ -1,1 +1,2 @@
-export {}
+export * from './tar/index.js'
+export * from './fsimage/index.js'
