@@ -1,3 +1,124 @@
+import { readFileSync } from 'node:fs'
+import { Command, CommanderError, Option } from 'commander'
+import { runCleanups, StackerError, toStackerError } from '@stacker/core'
+import { Renderer } from './log.js'
+import { registerCommands } from './commands.js'
+
+export const VERSION: string = (() => {
+  try {
+    const pj = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string }
+    return pj.version ?? '0.0.0'
+  } catch {
+    return '0.0.0'
+  }
+})()
+
+export interface GlobalFlags {
+  workDir?: string
+  stackerDir?: string
+  ociDir?: string
+  rootsDir?: string
+  config?: string
+  debug?: boolean
+  quiet?: boolean
+  logFile?: string
+  logTimestamp?: boolean
+  storageType?: string
+  progress?: boolean
+  internalUserns?: boolean
+}
+
+export function buildProgram(state: { renderer?: Renderer }): Command {
+  const program = new Command('stacker')
+  program
+    .description('stacker builds OCI images from a declarative stacker.yaml')
+    .usage('[global options] command [command options] [arguments...]')
+    .enablePositionalOptions()
+    .configureHelp({ styleTitle: (title: string) => `${title.replace(/:$/, '').toUpperCase()}:` })
+  program
+    .option('--work-dir <dir>', 'set the working directory for stacker-dir, oci-dir and roots-dir')
+    .option('--stacker-dir <dir>', 'set the directory for stacker cache', undefined)
+    .option('--oci-dir <dir>', 'set the output directory for OCI images')
+    .option('--roots-dir <dir>', 'set the directory for the rootfs-es')
+    .option('--config <file>', 'stacker config file with defaults')
+    .option('--debug', 'enable stacker debug mode')
+    .option('-q, --quiet', 'silence all logs')
+    .option('--log-file <file>', 'log to a file instead of stderr')
+    .option('--log-timestamp', 'whether to log timestamps')
+    .addOption(new Option('--storage-type <type>', 'storage type (only overlay)').default('overlay'))
+    .option('--progress', 'show progress (the default on a terminal)')
+    .option('--no-progress', 'hide progress')
+    .addOption(new Option('--internal-userns').hideHelp())
+    .version(`stacker version ${VERSION}`, '-v, --version', 'print the version')
+    .helpCommand('help [command]', 'shows a list of commands or help for one command')
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      outputError: (s, write) => write(s.startsWith('error:') ? s : `error: ${s}`),
+    })
+  program.hook('preSubcommand', (cmd) => {
+    const g = cmd.opts<GlobalFlags>()
+    if (g.debug && g.quiet) throw new StackerError('USAGE', "debug and quiet don't make sense together")
+    if (g.storageType && g.storageType !== 'overlay') throw new StackerError('USAGE', `unknown storage type ${g.storageType}`)
+    state.renderer = new Renderer({
+      debug: !!g.debug,
+      quiet: !!g.quiet,
+      logFile: g.logFile,
+      timestamps: !!g.logTimestamp,
+      progress: g.progress ?? !!process.stderr.isTTY,
+    })
+    state.renderer.logger.debug(`stacker version ${VERSION}`)
+  })
+  registerCommands(program, () => {
+    if (!state.renderer) throw new StackerError('INTERNAL', 'logger not initialised')
+    return { renderer: state.renderer, flags: program.opts<GlobalFlags>(), version: VERSION }
+  })
+  return program
+}
+
 export async function main(argv: string[]): Promise<void> {
-  console.log(argv)
+  const state: { renderer?: Renderer } = {}
+  const debug = argv.includes('--debug')
+  let interrupted = false
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (interrupted) return
+    interrupted = true
+    process.stderr.write(`error: interrupted by ${sig}\n`)
+    void runCleanups().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  const program = buildProgram(state)
+  let code = 0
+  try {
+    if (argv.length === 0) {
+      process.stdout.write(program.helpInformation())
+    } else {
+      await program.parseAsync(argv, { from: 'user' })
+    }
+  } catch (e) {
+    code = reportError(e, debug)
+  } finally {
+    await runCleanups()
+    await state.renderer?.close()
+  }
+  if (!interrupted) process.exitCode = code
+}
+
+function reportError(e: unknown, debug: boolean): number {
+  if (e instanceof CommanderError) {
+    // Commander already printed its message; help and version exit 0.
+    return e.exitCode === 0 || e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : 1
+  }
+  const err = toStackerError(e)
+  if (debug) {
+    process.stderr.write(`Error: ${err.describe()}\n`)
+    if (err.hint) process.stderr.write(`hint: ${err.hint}\n`)
+    const cause = err.code === 'INTERNAL' && err.cause instanceof Error ? err.cause : err
+    process.stderr.write(`${cause.stack ?? ''}\n`)
+  } else {
+    process.stderr.write(`error: ${err.describe()}\n`)
+  }
+  return 1
 }

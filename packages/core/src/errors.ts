@@ -37,9 +37,9 @@ export function formatPos(pos: SourcePos): string {
 }
 
 export interface StackerErrorOptions {
-  hint?: string
+  hint?: string | undefined
   cause?: unknown
-  pos?: SourcePos
+  pos?: SourcePos | undefined
 }
 
 /** The one error class of the project. `message` is upstream's text where upstream has one;

@@ -1,1 +1,20 @@
-export {}
+export { type ImageRef, parseImageRef, makeRef, refReference, registryHost, DOCKER_HUB } from './ref.js'
+export {
+  type Credentials,
+  type CredentialsEntry,
+  type LookupAuthOptions,
+  lookupAuth,
+  lookupAuthEntry,
+  authFilePaths,
+} from './auth-file.js'
+export {
+  RegistryClient,
+  type RegistryClientOptions,
+  type ManifestResult,
+  type PushBlobResult,
+  DEFAULT_CHUNK_SIZE,
+  isRetryable,
+} from './client.js'
+export type { OciLayoutLike } from './layout-like.js'
+export { pullImage, type PullImageOptions } from './pull.js'
+export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'

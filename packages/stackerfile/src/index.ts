@@ -1,1 +1,25 @@
-export {}
+export type {
+  Bind,
+  ImageSource,
+  ImportSpec,
+  Layer,
+  LoadOptions,
+  OverlayDir,
+  SourcePos,
+  SourceType,
+  Stackerfile,
+  StackerfileSet,
+} from './model.js'
+export { buildSubstitutions, substitute, type Dirs } from './substitute.js'
+export { loadStackerfile, loadStackerfiles } from './load.js'
+export { layerBuildOrder, orderLines } from './order.js'
+export { hostGoArch, hostGoOs, layerDefinition, renderRunScript } from './layer.js'
+export { splitShellWords } from './shlex.js'
+export { DEFAULT_STACKERFILE_PATTERN, findStackerfiles } from './find.js'
+export {
+  LAYER_DIRECTIVES,
+  OCI_REF_RE,
+  parseStackerfileText,
+  type ParsedStackerfile,
+  type ParseOptions,
+} from './parse.js'

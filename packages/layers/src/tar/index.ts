@@ -1,1 +1,6 @@
-export {}
+export { writeTarLayer, createTarStream } from './writer.js'
+export type { BlobSink, TarLayerOptions, TarLayerResult, TarStreamOptions } from './writer.js'
+export { extractTarLayer, unpackImageLayers } from './extract.js'
+export type { ExtractOptions, LayerInput, WhiteoutMode } from './extract.js'
+export { OVERLAY_OPAQUE_XATTR, isOverlayWhiteout } from './overlay.js'
+export type { Compression } from './streams.js'

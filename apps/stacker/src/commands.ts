@@ -1,0 +1,258 @@
+import { availableParallelism } from 'node:os'
+import { type Command, Option } from 'commander'
+import { StackerError } from '@stacker/core'
+import {
+  build,
+  check,
+  chroot,
+  clean,
+  grab,
+  gc,
+  inspect,
+  internalCheckOverlay,
+  parseLayerTypes,
+  publish,
+  type Session,
+} from '@stacker/builder'
+import type { Renderer } from './log.js'
+import type { GlobalFlags } from './main.js'
+import { resolveDirs, sourceDateEpoch } from './settings.js'
+
+export interface CommandContext {
+  renderer: Renderer
+  flags: GlobalFlags
+  version: string
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v]
+
+function session(ctx: CommandContext): Session {
+  const dirs = resolveDirs(ctx.flags)
+  return {
+    dirs,
+    logger: ctx.renderer.logger,
+    debug: !!ctx.flags.debug,
+    version: ctx.version,
+    sourceDateEpoch: sourceDateEpoch(),
+    output: (chunk) => process.stdout.write(chunk),
+    interactive: !!process.stdin.isTTY,
+  }
+}
+
+interface BuildFlags {
+  stackerFile?: string
+  cache: boolean
+  substitute: string[]
+  substituteFile?: string
+  onRunFailure?: string
+  shellFail?: boolean
+  layerType: string[]
+  verity: boolean
+  squashfsVerity: boolean
+  requireHash?: boolean
+  orderOnly?: boolean
+  annotationsNamespace: string
+  jobs: string
+  stackerFilePattern?: string
+  searchDir?: string
+}
+
+function addBuildFlags(cmd: Command): Command {
+  return cmd
+    .option('--no-cache', "don't use the previous build cache")
+    .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
+    .option('--substitute-file <file>', 'YAML file of substitutions (KEY: value)')
+    .option('--on-run-failure <command>', 'command to run inside the container if run fails (useful for inspection)')
+    .option('--shell-fail', 'run a shell in the container if run fails (--on-run-failure=/bin/sh)')
+    .option('--layer-type <type>', 'output layer type: tar, squashfs or erofs (repeatable; default tar)', collect, [])
+    .option('--no-verity', "don't append dm-verity data to squashfs or erofs layers")
+    .addOption(new Option('--no-squashfs-verity', 'alias of --no-verity').hideHelp())
+    .option('--require-hash', 'require every remote import to have a hash')
+    .option('--order-only', 'show the build order and exit')
+    .option('--annotations-namespace <ns>', 'namespace of the annotations stacker adds', 'io.stackeroci')
+    .option('-j, --jobs <n>', 'layers built at once', String(availableParallelism()))
+}
+
+function buildOptions(f: BuildFlags, files: string[]) {
+  if (f.shellFail && f.onRunFailure !== undefined && f.onRunFailure !== '/bin/sh')
+    throw new StackerError('USAGE', `--shell-fail is incompatible with --on-run-failure=${f.onRunFailure}`)
+  const jobs = Number.parseInt(f.jobs, 10)
+  if (!Number.isInteger(jobs) || jobs < 1) throw new StackerError('USAGE', `invalid --jobs value ${JSON.stringify(f.jobs)}`)
+  const onRunFailure = f.shellFail ? '/bin/sh' : f.onRunFailure
+  return {
+    stackerFiles: files,
+    substitute: f.substitute,
+    ...(f.substituteFile !== undefined ? { substituteFile: f.substituteFile } : {}),
+    noCache: !f.cache,
+    ...(onRunFailure !== undefined ? { onRunFailure } : {}),
+    layerTypes: parseLayerTypes(f.layerType),
+    verity: f.verity && f.squashfsVerity,
+    requireHash: !!f.requireHash,
+    orderOnly: !!f.orderOnly,
+    annotationsNamespace: f.annotationsNamespace,
+    jobs,
+  }
+}
+
+async function searchFiles(dir: string | undefined, pattern: string | undefined): Promise<string[]> {
+  const { findStackerfiles } = await import('@stacker/stackerfile')
+  // Paths keep the search dir as given, so messages name files as the user wrote them.
+  return findStackerfiles(dir ?? '.', pattern)
+}
+
+export function registerCommands(program: Command, ctx: () => CommandContext): void {
+  addBuildFlags(
+    program
+      .command('build')
+      .description('builds a new OCI image')
+      .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml'),
+  ).action(async (f: BuildFlags) => {
+    const c = ctx()
+    await build(session(c), buildOptions(f, [f.stackerFile ?? 'stacker.yaml']))
+  })
+
+  addBuildFlags(
+    program
+      .command('recursive-build')
+      .description('finds stackerfiles in the search dir and builds them in dependency order')
+      .option('-p, --stacker-file-pattern <regex>', 'regex of the stackerfile paths to build', '\\/stacker.yaml$')
+      .option('-d, --search-dir <dir>', 'directory under which to search for stackerfiles', '.'),
+  ).action(async (f: BuildFlags) => {
+    const c = ctx()
+    const files = await searchFiles(f.searchDir, f.stackerFilePattern)
+    await build(session(c), buildOptions(f, files))
+  })
+
+  program
+    .command('publish')
+    .description('publishes OCI images to a registry or an OCI layout')
+    .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml')
+    .option('-p, --stacker-file-pattern <regex>', 'regex of the stackerfile paths to publish', '\\/stacker.yaml$')
+    .option('-d, --search-dir <dir>', 'directory under which to search for stackerfiles')
+    .option('--url <url>', 'destination: docker://host[:port]/path or oci:<layout dir>')
+    .option('--username <user>', 'username for the registry')
+    .option('--password <password>', 'password for the registry')
+    .option('--skip-tls', 'skip TLS verification (and allow plain http)')
+    .option('--tag <tag>', 'tag for the published images (repeatable)', collect, [])
+    .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
+    .option('--substitute-file <file>', 'YAML file of substitutions (KEY: value)')
+    .option('--show-only', 'show the images that would be published, publish nothing')
+    .option('--force', 'publish layers even if they need to be rebuilt')
+    .option('--layer-type <type>', 'layer type to publish (repeatable; default tar)', collect, [])
+    .option('--image <name>', 'publish only this image (repeatable)', collect, [])
+    .action(async (f: Record<string, unknown>) => {
+      const c = ctx()
+      const url = f.url as string | undefined
+      if (!url) throw new StackerError('USAGE', '--url is a mandatory argument for publishing')
+      const username = f.username as string | undefined
+      const password = f.password as string | undefined
+      if ((username === undefined) !== (password === undefined))
+        throw new StackerError(
+          'USAGE',
+          `supply both username and password, or none of them, current values: '${username ?? ''}' '${password === undefined ? '' : '<redacted>'}'`,
+        )
+      const files = f.searchDir
+        ? await searchFiles(f.searchDir as string, f.stackerFilePattern as string)
+        : [f.stackerFile as string]
+      await publish(session(c), {
+        stackerFiles: files,
+        url,
+        ...(username !== undefined && password !== undefined ? { credentials: { username, password } } : {}),
+        skipTls: !!f.skipTls,
+        tags: f.tag as string[],
+        substitute: f.substitute as string[],
+        ...(f.substituteFile !== undefined ? { substituteFile: f.substituteFile as string } : {}),
+        showOnly: !!f.showOnly,
+        force: !!f.force,
+        layerTypes: parseLayerTypes(f.layerType as string[]),
+        images: f.image as string[],
+      })
+    })
+
+  program
+    .command('chroot')
+    .alias('exec')
+    .description('runs a command in a throwaway copy of a built layer')
+    .argument('[tag]', 'the layer (default: the first layer of the stackerfile)')
+    .argument('[cmd...]', 'the command to run (default /bin/sh)')
+    .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml')
+    .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
+    .action(async (tag: string | undefined, cmd: string[], f: { stackerFile: string; substitute: string[] }) => {
+      const c = ctx()
+      const code = await chroot(session(c), {
+        stackerFile: f.stackerFile,
+        substitute: f.substitute,
+        ...(tag !== undefined ? { tag } : {}),
+        ...(cmd.length ? { cmd } : {}),
+      })
+      if (code !== 0) process.exitCode = code
+    })
+
+  program
+    .command('grab')
+    .description('copies a file out of a built layer into the current directory')
+    .argument('<tag:path>', 'the layer and the path inside it')
+    .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml')
+    .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
+    .action(async (spec: string, f: { stackerFile: string; substitute: string[] }) => {
+      const c = ctx()
+      await grab(session(c), { spec, stackerFile: f.stackerFile, substitute: f.substitute, dest: process.cwd() })
+    })
+
+  program
+    .command('inspect')
+    .description('shows the layers, annotations and config of the built images')
+    .argument('[tag]', 'one image (default: all)')
+    .action(async (tag: string | undefined) => {
+      const c = ctx()
+      process.stdout.write(await inspect(session(c), tag))
+    })
+
+  program
+    .command('clean')
+    .description('removes the roots dir, the OCI output and the cache')
+    .option('--all', 'no effect (kept for compatibility)')
+    .action(async () => {
+      await clean(session(ctx()))
+    })
+
+  program
+    .command('check')
+    .description('checks that this machine can build: overlay support and the tools stacker runs')
+    .action(async () => {
+      await check(session(ctx()))
+    })
+
+  program
+    .command('gc')
+    .description('removes unreferenced blobs and layer contents')
+    .action(async () => {
+      await gc(session(ctx()))
+    })
+
+  program
+    .command('convert')
+    .description('converts a Dockerfile into a stackerfile (not implemented)')
+    .option('-i, --docker-file <file>', 'the Dockerfile', 'Dockerfile')
+    .option('-o, --output-file <file>', 'the stackerfile to write', 'stacker.yaml')
+    .option('-s, --substitute-file <file>', 'the substitutions file to write', 'stacker-subs.yaml')
+    .action(() => {
+      throw new StackerError('NOT_IMPLEMENTED', 'convert is not implemented yet')
+    })
+
+  program
+    .command('unpriv-setup')
+    .description('sets up a user for unprivileged builds (not implemented: run stacker as root)')
+    .option('--uid <uid>')
+    .option('--gid <gid>')
+    .option('--username <name>')
+    .action(() => {
+      throw new StackerError('NOT_IMPLEMENTED', 'unpriv-setup is not implemented: unprivileged builds are not supported yet')
+    })
+
+  const internal = program.command('internal-go', { hidden: true }).description('internal helpers')
+  internal.command('testsuite-check-overlay').action(async () => {
+    const code = await internalCheckOverlay(session(ctx()))
+    process.exitCode = code
+  })
+}

@@ -1,0 +1,289 @@
+import { createReadStream } from 'node:fs'
+import { readdir, rm } from 'node:fs/promises'
+import { join } from 'node:path'
+import { digestHex, sha256Digest, StackerError, type Logger } from '@stacker/core'
+import { extractTarLayer } from '@stacker/layers'
+import { OciLayout, type Descriptor } from '@stacker/oci'
+import {
+  buildSubstitutions,
+  layerBuildOrder,
+  layerDefinition,
+  loadStackerfiles,
+  orderLines,
+  type Layer,
+  type Stackerfile,
+  type StackerfileSet,
+} from '@stacker/stackerfile'
+import { resolveBase, type ResolvedBase } from './bases.js'
+import { BuildCache, CACHE_VERSION, cacheKey, explainMiss, type CacheEntry, type CacheParts, type OverlayDirPart, type Origin } from './cache.js'
+import type { BuildContext, BuildOptions, BuiltLayer } from './context.js'
+import { HashCache, hashTree } from './hashing.js'
+import { ensureOutput } from './image.js'
+import { destImportContent, resolveImports, stageImports } from './imports.js'
+import { generateLabels, runScript } from './run.js'
+import { openStorage, type OpenStorage } from './storage.js'
+import { outputKey, tagFor, type OutputType, type Session } from './types.js'
+import { copyTree, exists } from './util.js'
+
+export async function build(s: Session, o: BuildOptions): Promise<void> {
+  const { logger } = s
+  const storage = await openStorage(s)
+  try {
+    const substitutions = await buildSubstitutions({
+      substitute: o.substitute,
+      ...(o.substituteFile !== undefined ? { substituteFile: o.substituteFile } : {}),
+      dirs: s.dirs,
+    })
+    const set = await loadStackerfiles(o.stackerFiles, { substitutions, requireHash: o.requireHash, logger })
+    if (o.orderOnly) {
+      logger.info('stacker build order:')
+      for (const line of orderLines(set)) logger.info(line)
+      return
+    }
+    const ctx = await createContext(s, storage, set, o)
+    try {
+      for (const file of set.order) await buildFile(ctx, file)
+    } finally {
+      await ctx.hashes.save()
+    }
+  } finally {
+    await storage.lock.release()
+  }
+}
+
+export async function createContext(s: Session, storage: OpenStorage, set: StackerfileSet, o: BuildOptions): Promise<BuildContext> {
+  return {
+    s,
+    logger: s.logger,
+    layout: await OciLayout.open(s.dirs.ociDir, { create: true, logger: s.logger }),
+    store: storage.store,
+    cache: await BuildCache.open(s.dirs.stackerDir, s.logger),
+    hashes: await HashCache.open(join(s.dirs.stackerDir, 'hash-cache.json')),
+    set,
+    opts: o,
+    outputs: o.layerTypes.map((type): OutputType => ({ type, verity: type !== 'tar' && o.verity })),
+    built: new Map(),
+    runtimeDir: storage.runtimeDir,
+  }
+}
+
+async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
+  const order = layerBuildOrder(ctx.set, file, ctx.logger)
+  for (const l of order)
+    if (l.name.includes(':'))
+      throw new StackerError('STACKERFILE', `using ':' in the layer name (${l.name}) is forbidden due to overlay constraints`, { pos: l.pos })
+  // Layers start as soon as what they depend on is done; tags are applied in build order so the
+  // index is the same whatever the concurrency.
+  const done = new Map<string, Promise<BuiltLayer>>()
+  const tagged: Array<{ layer: Layer; tags: Array<[string, Descriptor]> } | undefined> = new Array(order.length)
+  let frontier = 0
+  const flushTags = async () => {
+    while (frontier < order.length && tagged[frontier]) {
+      for (const [tag, desc] of tagged[frontier]?.tags ?? []) await ctx.layout.setTag(tag, desc)
+      frontier++
+    }
+  }
+  const slots = new Semaphore(ctx.opts.jobs)
+  const results = order.map((layer, i) => {
+    const p = (async () => {
+      for (const dep of dependenciesOf(layer)) {
+        const d = done.get(dep)
+        if (d) await d
+      }
+      await slots.acquire()
+      try {
+        const log = ctx.opts.jobs > 1 ? ctx.logger.child(layer.name) : ctx.logger
+        const r = await buildLayer({ ...ctx, logger: log }, layer)
+        tagged[i] = { layer, tags: r.tags }
+        await flushTags()
+        return r.built
+      } finally {
+        slots.release()
+      }
+    })()
+    done.set(layer.name, p)
+    return p
+  })
+  const settled = await Promise.allSettled(results)
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+  if (failed) throw failed.reason
+  await ctx.layout.gc()
+}
+
+class Semaphore {
+  #free: number
+  #waiters: Array<() => void> = []
+  constructor(n: number) {
+    this.#free = n
+  }
+  async acquire(): Promise<void> {
+    if (this.#free > 0) {
+      this.#free--
+      return
+    }
+    await new Promise<void>((resolve) => this.#waiters.push(resolve))
+  }
+  release(): void {
+    const w = this.#waiters.shift()
+    if (w) w()
+    else this.#free++
+  }
+}
+
+/** Names of the layers `layer` needs built first: its `built` parent, stacker:// imports and tar base. */
+export function dependenciesOf(layer: Layer): string[] {
+  const out: string[] = []
+  const fromStacker = (url: string) => {
+    const rest = url.slice('stacker://'.length)
+    const i = rest.indexOf('/')
+    out.push(i < 0 ? rest : rest.slice(0, i))
+  }
+  if (layer.from?.type === 'built' && layer.from.tag) out.push(layer.from.tag)
+  if (layer.from?.type === 'tar' && layer.from.url?.startsWith('stacker://')) fromStacker(layer.from.url)
+  for (const i of layer.imports) if (i.path.startsWith('stacker://')) fromStacker(i.path)
+  return out
+}
+
+async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {
+  const out: OverlayDirPart[] = []
+  for (const od of layer.overlayDirs) {
+    const { stat } = await import('node:fs/promises')
+    let st: Awaited<ReturnType<typeof stat>>
+    try {
+      st = await stat(od.source)
+    } catch {
+      throw new StackerError('IMPORT', `Given overlay_dir ${od.source} doesn't exists`, { pos: layer.pos })
+    }
+    if (!st.isDirectory()) throw new StackerError('IMPORT', `Given overlay_dir ${od.source} should be a directory`, { pos: layer.pos })
+    const tree = await hashTree(od.source, ctx.hashes)
+    out.push({ source: od.source, dest: od.dest || '/', digest: tree.digest, entries: tree.entries })
+  }
+  return out
+}
+
+async function chainPresent(ctx: BuildContext, chain: readonly string[]): Promise<boolean> {
+  for (const id of chain) if (!(await ctx.store.hasContent(id))) return false
+  return true
+}
+
+function originOf(base: ResolvedBase): Origin {
+  if (base.parent) return { kind: 'parent', name: base.parent.layer.name }
+  if (base.image) return { kind: 'image', layout: base.image.layout.dir, digest: base.image.descriptor.digest, contents: base.image.contents }
+  return { kind: 'empty' }
+}
+
+/** Everything a layer's cache key needs, worked out before anything runs (design.md principle 3). */
+export async function planLayer(ctx: BuildContext, layer: Layer) {
+  const imports = await resolveImports(ctx, layer)
+  const base = await resolveBase(ctx, layer)
+  const overlayDirs = await resolveOverlayDirs(ctx, layer)
+  const parts: CacheParts = {
+    definition: layerDefinition(layer),
+    base: base.key,
+    sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
+    imports: imports.map((i) => i.part),
+    overlayDirs,
+  }
+  return { imports, base, overlayDirs, parts, key: cacheKey(parts) }
+}
+
+/** The cached entry of a layer if its inputs are unchanged and its filesystem is still there. */
+export async function cachedEntry(ctx: BuildContext, layer: Layer): Promise<CacheEntry | undefined> {
+  const { key } = await planLayer(ctx, layer)
+  const hit = await ctx.cache.get(key)
+  return hit && (await chainPresent(ctx, hit.chain)) ? hit : undefined
+}
+
+async function buildLayer(ctx: BuildContext, layer: Layer): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]> }> {
+  const log = ctx.logger
+  log.info(`preparing image ${layer.name}...`)
+  const { imports, base, overlayDirs, parts, key } = await planLayer(ctx, layer)
+
+  if (!ctx.opts.noCache) {
+    const hit = await ctx.cache.get(key)
+    if (hit && (await chainPresent(ctx, hit.chain))) {
+      if (layer.binds.length === 0) {
+        const built: BuiltLayer = { layer, entry: hit }
+        ctx.built.set(layer.name, built)
+        const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, true)
+        if (layer.buildOnly) log.info(`found cached layer ${layer.name}`)
+        return { built, tags }
+      }
+      log.info('rebuilding cached layer due to use of binds in stacker file')
+    } else {
+      const prev = await ctx.cache.lastFor(layer.name)
+      if (prev) for (const line of explainMiss(prev.parts, parts, ctx.s.debug)) log.info(line)
+    }
+  }
+
+  const ws = await ctx.store.prepareBuild(layer.name)
+  const chain = [...base.chain]
+  for (const od of overlayDirs) {
+    const id = `ovl_${digestHex(sha256Digest(`${od.digest}|${od.dest}`)).slice(0, 32)}`
+    await ctx.store.ensureContent(id, async (dir) => {
+      await copyTree(od.source, join(dir, od.dest), { contents: true })
+    })
+    chain.push(id)
+  }
+  for (const imp of imports) if (imp.spec.dest !== undefined) chain.push(await destImportContent(ctx, imp))
+  if (base.tarball) {
+    log.info(`unpacking ${base.tarball}`)
+    await extractTarLayer(createReadStream(base.tarball), ws.upper, { whiteouts: 'keep', compression: 'auto', sourceDescription: base.tarball })
+  }
+  if (layer.run.length) {
+    const importsDir = await stageImports(ctx, layer, imports)
+    const mount = await ctx.store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
+    try {
+      await runScript(ctx, layer, { rootfs: ws.rootfs, upper: ws.upper, importsDir })
+    } finally {
+      await mount.release()
+    }
+  }
+  if ((await readdir(ws.upper)).length > 0) {
+    const id = `d_${digestHex(key).slice(0, 40)}`
+    await ctx.store.adoptContent(id, ws.upper)
+    chain.push(id)
+  }
+  await rm(ws.root, { recursive: true, force: true })
+
+  const entry: CacheEntry = {
+    version: CACHE_VERSION,
+    name: layer.name,
+    key,
+    parts,
+    chain,
+    buildOnly: layer.buildOnly,
+    origin: originOf(base),
+    generatedLabels: [],
+    outputs: {},
+  }
+  if (layer.generateLabels.length && !layer.buildOnly) entry.generatedLabels = await generateLabels(ctx, layer, chain)
+  const built: BuiltLayer = { layer, entry }
+  ctx.built.set(layer.name, built)
+  const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, false)
+  await ctx.cache.put(entry)
+  await ctx.store.writeLayer(layer.name, { version: 1, chain, meta: { key } })
+  log.info(`filesystem ${layer.name} built successfully`)
+  return { built, tags }
+}
+
+/** Makes every requested output of a layer, reusing cached ones, and returns the tags to set. */
+async function writeOutputs(ctx: BuildContext, b: BuiltLayer, cached: boolean): Promise<Array<[string, Descriptor]>> {
+  const tags: Array<[string, Descriptor]> = []
+  let added = false
+  for (const out of ctx.outputs) {
+    const k = outputKey(out)
+    const prev = b.entry.outputs[k]
+    const had = prev !== undefined && (await ctx.layout.hasBlob(prev.digest))
+    const desc = await ensureOutput(ctx, b, out)
+    if (!had) added = true
+    const tag = tagFor(b.layer.name, out.type)
+    if (cached && had) ctx.logger.info(`found cached layer ${tag}`)
+    else if (cached) ctx.logger.info(`generating missing output ${tag} from the cached filesystem`)
+    tags.push([tag, desc])
+  }
+  if (cached && added) await ctx.cache.put(b.entry)
+  return tags
+}
+
+export type { Logger }

@@ -1,0 +1,43 @@
+import type { Logger } from '@stacker/core'
+import type { OciLayout } from '@stacker/oci'
+import type { OverlayStore } from '@stacker/overlay'
+import type { Layer, StackerfileSet } from '@stacker/stackerfile'
+import type { BuildCache, CacheEntry } from './cache.js'
+import type { HashCache } from './hashing.js'
+import type { OutputType, Session } from './types.js'
+
+export interface BuildOptions {
+  stackerFiles: string[]
+  substitute: string[]
+  substituteFile?: string
+  noCache: boolean
+  onRunFailure?: string
+  layerTypes: OutputType['type'][]
+  verity: boolean
+  requireHash: boolean
+  orderOnly: boolean
+  annotationsNamespace: string
+  jobs: number
+}
+
+/** A layer that is available to later layers: built in this run, or found in the cache. */
+export interface BuiltLayer {
+  layer: Layer
+  entry: CacheEntry
+}
+
+/** State shared by the layers of one build. */
+export interface BuildContext {
+  s: Session
+  logger: Logger
+  layout: OciLayout
+  store: OverlayStore
+  cache: BuildCache
+  hashes: HashCache
+  set: StackerfileSet
+  opts: BuildOptions
+  outputs: OutputType[]
+  built: Map<string, BuiltLayer>
+  /** Where runc keeps container state. */
+  runtimeDir: string
+}

@@ -1,0 +1,112 @@
+import { createReadStream } from 'node:fs'
+import { lstat, readdir, readFile, readlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { atomicWriteFile, Hasher, sha256Digest, type Digest } from '@stacker/core'
+
+interface StatKey {
+  dev: number
+  ino: number
+  size: number
+  mtimeNs: string
+  ctimeNs: string
+}
+
+/** Remembers file digests by inode, size and times, so an unchanged file costs a stat, not a read.
+ *  Kept in `<stacker-dir>/hash-cache.json`; a corrupt file is ignored. */
+export class HashCache {
+  readonly #file: string
+  #entries = new Map<string, { k: StatKey; d: Digest }>()
+  #dirty = false
+
+  private constructor(file: string) {
+    this.#file = file
+  }
+
+  static async open(file: string): Promise<HashCache> {
+    const c = new HashCache(file)
+    try {
+      const raw = JSON.parse(await readFile(file, 'utf8')) as { version: number; entries: Array<[string, StatKey, Digest]> }
+      if (raw.version === 1 && Array.isArray(raw.entries)) for (const [p, k, d] of raw.entries) c.#entries.set(p, { k, d })
+    } catch {
+      // Missing or corrupt: start empty; digests are recomputed.
+    }
+    return c
+  }
+
+  async fileDigest(path: string): Promise<Digest> {
+    const st = await lstat(path, { bigint: true })
+    const k: StatKey = {
+      dev: Number(st.dev),
+      ino: Number(st.ino),
+      size: Number(st.size),
+      mtimeNs: st.mtimeNs.toString(),
+      ctimeNs: st.ctimeNs.toString(),
+    }
+    const hit = this.#entries.get(path)
+    if (
+      hit &&
+      hit.k.dev === k.dev &&
+      hit.k.ino === k.ino &&
+      hit.k.size === k.size &&
+      hit.k.mtimeNs === k.mtimeNs &&
+      hit.k.ctimeNs === k.ctimeNs
+    )
+      return hit.d
+    const d = await hashFile(path)
+    this.#entries.set(path, { k, d })
+    this.#dirty = true
+    return d
+  }
+
+  async save(): Promise<void> {
+    if (!this.#dirty) return
+    const entries = [...this.#entries].map(([p, v]) => [p, v.k, v.d])
+    await atomicWriteFile(this.#file, JSON.stringify({ version: 1, entries }))
+    this.#dirty = false
+  }
+}
+
+export async function hashFile(path: string): Promise<Digest> {
+  const h = new Hasher()
+  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  return h.digest()
+}
+
+export interface TreeEntry {
+  path: string
+  digest: string
+}
+
+/** A digest of a file or directory tree: names, types, modes, owners, symlink targets and file
+ *  contents (not times). Returns per-entry digests as well, for "what changed" messages. */
+export async function hashTree(root: string, cache: HashCache): Promise<{ digest: Digest; entries: TreeEntry[] }> {
+  const entries: TreeEntry[] = []
+  const walk = async (abs: string, rel: string): Promise<void> => {
+    const st = await lstat(abs)
+    const meta = `${st.mode.toString(8)} ${st.uid}:${st.gid}`
+    if (st.isDirectory()) {
+      entries.push({ path: rel || '.', digest: `d ${meta}` })
+      const names = (await readdir(abs)).sort()
+      for (const n of names) await walk(join(abs, n), rel ? `${rel}/${n}` : n)
+    } else if (st.isSymbolicLink()) {
+      entries.push({ path: rel || '.', digest: `l ${meta} ${await readlink(abs)}` })
+    } else if (st.isFile()) {
+      entries.push({ path: rel || '.', digest: `f ${meta} ${await cache.fileDigest(abs)}` })
+    } else {
+      entries.push({ path: rel || '.', digest: `o ${meta} ${st.rdev}` })
+    }
+  }
+  await walk(root, '')
+  const digest = sha256Digest(entries.map((e) => `${e.path}\0${e.digest}`).join('\n'))
+  return { digest, entries }
+}
+
+/** Paths whose entry differs between two listings (added, removed or changed), sorted. */
+export function changedPaths(before: readonly TreeEntry[], after: readonly TreeEntry[]): string[] {
+  const a = new Map(before.map((e) => [e.path, e.digest]))
+  const b = new Map(after.map((e) => [e.path, e.digest]))
+  const out = new Set<string>()
+  for (const [p, d] of a) if (b.get(p) !== d) out.add(p)
+  for (const p of b.keys()) if (!a.has(p)) out.add(p)
+  return [...out].sort()
+}

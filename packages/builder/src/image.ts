@@ -1,0 +1,219 @@
+import { execFileSync } from 'node:child_process'
+import { hostname, userInfo } from 'node:os'
+import { dirname } from 'node:path'
+import { StackerError } from '@stacker/core'
+import {
+  Annotations,
+  layerKind,
+  mutateImage,
+  OciLayout,
+  type ContainerConfig,
+  type Descriptor,
+  type History,
+  type ImageConfig,
+  type Manifest,
+  type NewLayer,
+} from '@stacker/oci'
+import type { Layer } from '@stacker/stackerfile'
+import type { Origin } from './cache.js'
+import type { BuildContext, BuiltLayer } from './context.js'
+import { projectContent } from './projections.js'
+import { outputKey, type OutputType } from './types.js'
+
+export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+interface OutputBase {
+  image: { manifest: Manifest; config: ImageConfig } | undefined
+  /** How many entries at the bottom of the layer's chain the base image already holds. */
+  covered: number
+}
+
+const pending = new Map<string, Promise<Descriptor>>()
+
+/** The manifest of `b` in output type `out`, generating it (and what it extends) when missing. The
+ *  layers appended are the projections of the layer's own chain above what its base covers, so every
+ *  output holds exactly the filesystem the layer was built and run with. */
+export function ensureOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
+  const key = `${b.entry.key}|${outputKey(out)}`
+  let p = pending.get(key)
+  if (!p) {
+    p = generateOutput(ctx, b, out).finally(() => pending.delete(key))
+    pending.set(key, p)
+  }
+  return p
+}
+
+async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
+  const k = outputKey(out)
+  const have = b.entry.outputs[k]
+  if (have && (await ctx.layout.hasBlob(have.digest))) return have
+  const base = await outputBase(ctx, b.entry.origin, out)
+  const layers: NewLayer[] = []
+  const created = createdTime(ctx)
+  for (const id of b.entry.chain.slice(base.covered)) {
+    const extra = id.startsWith('ovl_') || id.startsWith('imp_')
+    const p = await projectContent(ctx, id, out, { uncompressed: extra })
+    if (!p) continue
+    const createdBy = extra ? `stacker overlay dir for ${b.layer.name}` : `stacker build of ${b.layer.name}`
+    layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: createdBy } })
+  }
+  const author = authorName(ctx)
+  const parts = mutateImage(base.image, {
+    layers,
+    history: [{ created, created_by: 'stacker build', author, empty_layer: true }],
+    config: containerConfig(base.image?.config.config, b.layer, b.entry.generatedLabels),
+    created,
+    author,
+    architecture: b.layer.arch,
+    os: b.layer.os,
+    annotations: manifestAnnotations(ctx, b.layer),
+  })
+  const desc = await ctx.layout.writeImage(parts)
+  b.entry.outputs[k] = desc
+  return desc
+}
+
+async function outputBase(ctx: BuildContext, origin: Origin, out: OutputType): Promise<OutputBase> {
+  switch (origin.kind) {
+    case 'empty':
+      return { image: undefined, covered: 0 }
+    case 'parent': {
+      const p = ctx.built.get(origin.name)
+      if (!p) throw new StackerError('INTERNAL', `parent layer ${origin.name} is not available`)
+      if (p.layer.buildOnly) return outputBase(ctx, p.entry.origin, out)
+      const desc = await ensureOutput(ctx, p, out)
+      const manifest = await ctx.layout.readJson<Manifest>(desc.digest)
+      const config = await ctx.layout.readJson<ImageConfig>(manifest.config.digest)
+      return { image: { manifest, config }, covered: p.entry.chain.length }
+    }
+    case 'image':
+      return imageBase(ctx, origin, out)
+  }
+}
+
+/** A base image in the requested type: as it is when its layers already have that type (digests
+ *  kept), else converted layer by layer from the extracted contents. */
+async function imageBase(ctx: BuildContext, origin: Extract<Origin, { kind: 'image' }>, out: OutputType): Promise<OutputBase> {
+  const src = origin.layout === ctx.layout.dir ? ctx.layout : await OciLayout.open(origin.layout, { create: false })
+  const manifest = await src.readJson<Manifest>(origin.digest)
+  const config = await src.readJson<ImageConfig>(manifest.config.digest)
+  const native = manifest.layers.every(
+    (l) =>
+      layerKind(l.mediaType) === out.type &&
+      (out.type === 'tar' || out.verity === (l.annotations?.[Annotations.verityRootHash] !== undefined)),
+  )
+  if (native) {
+    if (src !== ctx.layout) for (const d of [manifest.config, ...manifest.layers]) await copyBlob(src, ctx.layout, d)
+    return { image: { manifest, config }, covered: origin.contents.length }
+  }
+  const layers: Descriptor[] = []
+  const diffIds: ImageConfig['rootfs']['diff_ids'] = []
+  for (const id of origin.contents) {
+    const p = await projectContent(ctx, id, out, { uncompressed: out.type === 'tar' })
+    if (!p) continue
+    layers.push(p.descriptor)
+    diffIds.push(p.diffId)
+  }
+  const converted: ImageConfig = { ...structuredClone(config), rootfs: { type: 'layers', diff_ids: diffIds } }
+  if (converted.history) {
+    // History entries must match the layer count: keep the empty_layer ones and one per layer.
+    const nonEmpty = converted.history.filter((h) => !h.empty_layer)
+    if (nonEmpty.length !== layers.length) converted.history = layers.map((): History => ({ created_by: 'stacker conversion' }))
+  }
+  return { image: { manifest: { ...manifest, layers }, config: converted }, covered: origin.contents.length }
+}
+
+async function copyBlob(from: OciLayout, to: OciLayout, d: Descriptor): Promise<void> {
+  if (await to.hasBlob(d.digest)) return
+  await to.putBlob(from.openBlob(d.digest) as AsyncIterable<Uint8Array>, { digest: d.digest, size: d.size })
+}
+
+export function createdTime(ctx: BuildContext): string {
+  const sde = ctx.s.sourceDateEpoch
+  const d = sde !== undefined ? new Date(sde * 1000) : new Date()
+  return d.toISOString().replace(/\.\d{3}Z$/, 'Z')
+}
+
+function authorName(ctx: BuildContext): string {
+  if (ctx.s.sourceDateEpoch !== undefined) return 'stacker'
+  let user = process.env.SUDO_USER
+  if (!user) {
+    try {
+      user = userInfo().username
+    } catch {
+      user = 'root'
+    }
+  }
+  return `${user}@${hostname()}`
+}
+
+/** Section 3.6 with design.md's cmd/entrypoint rule: inherited unless set; setting `entrypoint` clears
+ *  an inherited `cmd`; `full_command` sets `entrypoint` and clears `cmd`. */
+export function containerConfig(
+  inherited: ContainerConfig | undefined,
+  layer: Layer,
+  generatedLabels: ReadonlyArray<readonly [string, string]>,
+): ContainerConfig {
+  const c: ContainerConfig = structuredClone(inherited ?? {})
+  const env = [...(c.Env ?? [])]
+  for (const [k, v] of layer.environment) {
+    const i = env.findIndex((e) => e.startsWith(`${k}=`))
+    if (i >= 0) env[i] = `${k}=${v}`
+    else env.push(`${k}=${v}`)
+  }
+  if (!env.some((e) => e.startsWith('PATH='))) env.push(DEFAULT_PATH_ENV)
+  c.Env = env
+  if (layer.fullCommand) {
+    c.Entrypoint = layer.fullCommand
+    c.Cmd = null
+  } else {
+    if (layer.entrypoint) {
+      c.Entrypoint = layer.entrypoint
+      if (!layer.cmd) c.Cmd = null
+    }
+    if (layer.cmd) c.Cmd = layer.cmd
+  }
+  if (layer.volumes.length) {
+    c.Volumes = { ...(c.Volumes ?? {}) }
+    for (const v of layer.volumes) c.Volumes[v] = {}
+  }
+  const labels = { ...(c.Labels ?? {}) }
+  for (const [k, v] of generatedLabels) labels[k] = v
+  for (const [k, v] of layer.labels) labels[k] = v
+  if (Object.keys(labels).length) c.Labels = labels
+  if (layer.workingDir) c.WorkingDir = layer.workingDir
+  if (layer.runtimeUser) c.User = layer.runtimeUser
+  return c
+}
+
+const gitVersions = new Map<string, string | undefined>()
+
+function gitVersion(dir: string): string | undefined {
+  if (gitVersions.has(dir)) return gitVersions.get(dir)
+  const git = (args: string[]) => execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  let v: string | undefined
+  try {
+    try {
+      v = git(['describe', '--tags'])
+    } catch {
+      v = git(['rev-parse', 'HEAD'])
+    }
+    if (git(['status', '--porcelain', '--untracked-files=no']) !== '') v += '-dirty'
+  } catch {
+    v = undefined
+  }
+  gitVersions.set(dir, v)
+  return v
+}
+
+function manifestAnnotations(ctx: BuildContext, layer: Layer): Record<string, string> {
+  const ns = ctx.opts.annotationsNamespace
+  const file = ctx.set.files.get(layer.file)
+  const out: Record<string, string> = {}
+  for (const [k, v] of layer.annotations) out[k] = v
+  const git = file && !/^[a-z]+:\/\//.test(file.path) ? gitVersion(dirname(file.path)) : undefined
+  if (git !== undefined) out[`${ns}.stacker.git_version`] = git
+  if (file) out[`${ns}.stacker.stacker_yaml`] = file.text
+  out[`${ns}.stacker.stacker_version`] = ctx.s.version
+  return out
+}

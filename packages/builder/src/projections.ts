@@ -1,0 +1,86 @@
+import { mkdir, readFile, readdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { atomicWriteFile, type Digest } from '@stacker/core'
+import { writeFsImage, writeTarLayer } from '@stacker/layers'
+import type { Descriptor } from '@stacker/oci'
+import { CACHE_VERSION } from './cache.js'
+import type { BuildContext } from './context.js'
+import { outputKey, type OutputType } from './types.js'
+
+/** One content dir written as one layer blob of one output type. */
+export interface Projection {
+  descriptor: Descriptor
+  diffId: Digest
+}
+
+const inflight = new Map<string, Promise<Projection | undefined>>()
+
+/** The blob of content dir `id` in output type `out`: generated once and remembered in
+ *  `<stacker-dir>/projections/`, so adding a layer type later writes only that type's blobs, from the
+ *  same filesystem. `undefined` when the content dir is empty (an empty diff adds no layer). */
+export function projectContent(
+  ctx: BuildContext,
+  id: string,
+  out: OutputType,
+  opts: { uncompressed?: boolean } = {},
+): Promise<Projection | undefined> {
+  const sde = ctx.s.sourceDateEpoch ?? 'none'
+  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}.${sde}.v${CACHE_VERSION}`
+  const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
+  const key = `${ctx.layout.dir}|${recordFile}`
+  let p = inflight.get(key)
+  if (!p) {
+    p = generate(ctx, id, out, recordFile, opts).finally(() => inflight.delete(key))
+    inflight.set(key, p)
+  }
+  return p
+}
+
+async function generate(
+  ctx: BuildContext,
+  id: string,
+  out: OutputType,
+  recordFile: string,
+  opts: { uncompressed?: boolean },
+): Promise<Projection | undefined> {
+  try {
+    const rec = JSON.parse(await readFile(recordFile, 'utf8')) as { empty?: boolean; projection?: Projection }
+    if (rec.empty) return undefined
+    if (rec.projection && (await ctx.layout.hasBlob(rec.projection.descriptor.digest))) return rec.projection
+  } catch {
+    // No record yet, or a corrupt one: generate.
+  }
+  const dir = ctx.store.contentPath(id)
+  if ((await readdir(dir)).length === 0) {
+    await atomicWriteFile(recordFile, JSON.stringify({ empty: true }))
+    return undefined
+  }
+  const sde = ctx.s.sourceDateEpoch
+  let projection: Projection | undefined
+  if (out.type === 'tar') {
+    const r = await writeTarLayer(dir, ctx.layout.createBlobWriter(), {
+      compression: opts.uncompressed ? 'none' : 'gzip',
+      ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
+      logger: ctx.logger,
+    })
+    if (r) projection = { descriptor: r.descriptor, diffId: r.diffId }
+  } else {
+    const tmp = join(ctx.layout.dir, '.tmp')
+    await mkdir(tmp, { recursive: true })
+    const r = await writeFsImage(dir, tmp, {
+      kind: out.type,
+      verity: out.verity,
+      ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
+      logger: ctx.logger,
+    })
+    if (r) {
+      const blob = await ctx.layout.putBlobFromFile(r.file, { move: true })
+      const descriptor: Descriptor = { mediaType: r.mediaType, digest: blob.digest, size: blob.size }
+      if (Object.keys(r.annotations).length) descriptor.annotations = { ...r.annotations }
+      // Upstream sets a squashfs/erofs layer's diff_id to its digest: there is no uncompressed form.
+      projection = { descriptor, diffId: blob.digest }
+    }
+  }
+  await atomicWriteFile(recordFile, JSON.stringify(projection ? { projection } : { empty: true }))
+  return projection
+}

@@ -1,0 +1,128 @@
+import { resolve } from 'node:path'
+import { StackerError } from '@stacker/core'
+import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
+import { parseImageRef, pushImage, RegistryClient } from '@stacker/registry'
+import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
+import { cachedEntry, createContext } from './build.js'
+import { openStorage } from './storage.js'
+import { tagFor, type LayerType, type Session } from './types.js'
+import { exists } from './util.js'
+
+export interface PublishOptions {
+  stackerFiles: string[]
+  url: string
+  credentials?: { username: string; password: string }
+  skipTls: boolean
+  tags: string[]
+  substitute: string[]
+  substituteFile?: string
+  showOnly: boolean
+  force: boolean
+  layerTypes: LayerType[]
+  images: string[]
+}
+
+/** Loads the files, retrying upstream's way: a missing substitution is given the value `dummy`. */
+async function loadLenient(s: Session, o: PublishOptions): Promise<StackerfileSet> {
+  const extra: string[] = []
+  for (;;) {
+    const substitutions = await buildSubstitutions({
+      substitute: [...o.substitute, ...extra],
+      ...(o.substituteFile !== undefined ? { substituteFile: o.substituteFile } : {}),
+      dirs: s.dirs,
+    })
+    try {
+      return await loadStackerfiles(o.stackerFiles, { substitutions, logger: s.logger })
+    } catch (e) {
+      const m = e instanceof StackerError ? /no value for substitution (\S+)/.exec(e.message) : null
+      if (!m || extra.length > 1000) throw e
+      extra.push(`${m[1]}=dummy`)
+    }
+  }
+}
+
+/** `stacker publish`: copies built layers' images to a registry (`docker://`) or a layout (`oci:`). */
+export async function publish(s: Session, o: PublishOptions): Promise<void> {
+  const { logger } = s
+  if (o.tags.length === 0) throw new StackerError('USAGE', `can't save OCI images in ${o.url} since list of tags is empty`)
+  const kind = o.url.startsWith('oci:') ? 'oci' : o.url.startsWith('docker://') ? 'docker' : undefined
+  if (!kind) throw new StackerError('USAGE', `unknown image source type: ${o.url}`)
+  if (!(await exists(s.dirs.ociDir))) throw new StackerError('NOT_FOUND', `oci dir ${s.dirs.ociDir} does not exist: build first`)
+  const set = await loadLenient(s, o)
+  const storage = await openStorage(s)
+  try {
+    const ctx = await createContext(s, storage, set, {
+      stackerFiles: o.stackerFiles,
+      substitute: o.substitute,
+      noCache: false,
+      layerTypes: o.layerTypes,
+      verity: true,
+      requireHash: false,
+      orderOnly: false,
+      annotationsNamespace: 'io.stackeroci',
+      jobs: 1,
+    })
+    // Which layers are current: the same check a build makes, without building anything.
+    for (const file of set.order)
+      for (const layer of layerBuildOrder(set, file, logger)) {
+        try {
+          const entry = await cachedEntry(ctx, layer)
+          if (entry) ctx.built.set(layer.name, { layer, entry })
+        } catch (e) {
+          logger.debug(`cache check of ${layer.name} failed: ${(e as Error).message}`)
+        }
+      }
+    for (const given of o.stackerFiles) {
+      const file = set.files.get(/^[a-z]+:\/\//.test(given) ? given : resolve(given))
+      if (!file) continue
+      for (const name of file.fileOrder) {
+        const layer = file.layers.get(name)
+        if (!layer) continue
+        if (layer.buildOnly) {
+          logger.info(`will not publish: ${given} build_only ${name}`)
+          continue
+        }
+        if (o.images.length && !o.images.includes(name)) continue
+        if (!ctx.built.has(name) && !o.force) throw new StackerError('CACHE', `layer needs to be rebuilt before publishing: ${name}`)
+        for (const tag of o.tags)
+          for (const type of o.layerTypes) {
+            const src = tagFor(name, type)
+            const dest =
+              kind === 'docker' ? `${o.url.replace(/\/+$/, '')}/${name}:${tagFor(tag, type)}` : `${o.url}:${name}_${tagFor(tag, type)}`
+            if (o.showOnly) {
+              logger.info(`would publish: ${given} ${name} to ${dest}`)
+              continue
+            }
+            const desc = await ctx.layout.getTag(src)
+            if (!desc) throw new StackerError('NOT_FOUND', `no image ${src} in ${s.dirs.ociDir}: build it with --layer-type ${type}`)
+            logger.info(`publishing ${given} ${name} to ${dest}`)
+            if (kind === 'docker') {
+              const ref = parseImageRef(dest)
+              const client = new RegistryClient(ref, {
+                insecure: o.skipTls,
+                ...(o.credentials ? { credentials: o.credentials } : {}),
+                logger,
+              })
+              await pushImage({ layout: ctx.layout, source: src, ref, tags: [ref.tag ?? tagFor(tag, type)], client, logger })
+            } else {
+              const rest = dest.slice('oci:'.length)
+              const i = rest.lastIndexOf(':')
+              await copyToLayout(ctx.layout, desc, rest.slice(0, i), rest.slice(i + 1))
+            }
+          }
+      }
+    }
+  } finally {
+    await storage.lock.release()
+  }
+}
+
+async function copyToLayout(from: OciLayout, desc: Descriptor, dir: string, tag: string): Promise<void> {
+  const to = await OciLayout.open(dir, { create: true })
+  const manifest = await from.readJson<Manifest>(desc.digest)
+  for (const d of [manifest.config, ...manifest.layers, desc]) {
+    if (await to.hasBlob(d.digest)) continue
+    await to.putBlob(from.openBlob(d.digest) as AsyncIterable<Uint8Array>, { digest: d.digest, size: d.size })
+  }
+  await to.setTag(tag, { mediaType: desc.mediaType, digest: desc.digest, size: desc.size })
+}

@@ -1,0 +1,28 @@
+import { mkdir } from 'node:fs/promises'
+import { join } from 'node:path'
+import { acquireStorageLocks, checkOverlay, initStorage, OverlayStore, type Lock } from '@stacker/overlay'
+import type { Session } from './types.js'
+
+export interface OpenStorage {
+  store: OverlayStore
+  lock: Lock
+  runtimeDir: string
+}
+
+/** Reference 1.3: storage initialisation, the overlay check and the locks, done by every command that
+ *  uses the roots dir. The caller releases the lock. */
+export async function openStorage(s: Session): Promise<OpenStorage> {
+  const { stackerDir, rootsDir, rootsDirArg } = s.dirs
+  await initStorage({ stackerDir, rootsDir, rootsDirArg })
+  const lock = await acquireStorageLocks(stackerDir, rootsDir)
+  try {
+    await checkOverlay(rootsDir)
+    const store = await OverlayStore.open(rootsDir, { logger: s.logger })
+    const runtimeDir = join(stackerDir, 'runc')
+    await mkdir(runtimeDir, { recursive: true })
+    return { store, lock, runtimeDir }
+  } catch (e) {
+    await lock.release()
+    throw e
+  }
+}

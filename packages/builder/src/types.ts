@@ -1,0 +1,53 @@
+import { StackerError, type Logger } from '@stacker/core'
+
+export const LAYER_TYPES = ['tar', 'squashfs', 'erofs'] as const
+export type LayerType = (typeof LAYER_TYPES)[number]
+
+/** Output settings that change the bytes of a layer type's blobs. */
+export interface OutputType {
+  type: LayerType
+  verity: boolean
+}
+
+export interface SessionDirs {
+  workDir: string
+  stackerDir: string
+  ociDir: string
+  rootsDir: string
+  /** The roots dir as the user gave it (before it was made absolute). */
+  rootsDirArg: string
+}
+
+/** What every command gets from the CLI. */
+export interface Session {
+  dirs: SessionDirs
+  logger: Logger
+  debug: boolean
+  version: string
+  sourceDateEpoch: number | undefined
+  /** Where container output goes (upstream: stacker's stdout). */
+  output(chunk: Uint8Array): void
+  interactive: boolean
+}
+
+/** Parses repeated `--layer-type` values: giving the flag replaces the default `tar`. */
+export function parseLayerTypes(values: readonly string[]): LayerType[] {
+  if (values.length === 0) return ['tar']
+  const out: LayerType[] = []
+  for (const v of values) {
+    if (v === '') throw new StackerError('USAGE', 'must specify at least one output --layer-type')
+    if (!(LAYER_TYPES as readonly string[]).includes(v)) throw new StackerError('USAGE', `unknown layer type: ${v}`)
+    if (!out.includes(v as LayerType)) out.push(v as LayerType)
+  }
+  return out
+}
+
+/** The tag suffix of a layer type: `<name>`, `<name>-squashfs`, `<name>-erofs`. */
+export function tagFor(name: string, type: LayerType): string {
+  return type === 'tar' ? name : `${name}-${type}`
+}
+
+/** The key of an output type in cache records (upstream spells them `tar+false`, `squashfs+true`). */
+export function outputKey(t: OutputType): string {
+  return `${t.type}+${t.type === 'tar' ? false : t.verity}`
+}

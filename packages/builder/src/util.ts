@@ -1,0 +1,46 @@
+import { lstat, mkdir } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { execa } from 'execa'
+import { StackerError } from '@stacker/core'
+
+/** `cp -a`: keeps modes, owners, times, xattrs, hardlinks, symlinks and devices. `dst` must not exist
+ *  when `contents` is false; with `contents`, the entries of `src` are copied into the dir `dst`. */
+export async function copyTree(src: string, dst: string, opts: { contents?: boolean } = {}): Promise<void> {
+  await mkdir(opts.contents ? dst : dirname(dst), { recursive: true })
+  const from = opts.contents ? `${src.replace(/\/+$/, '')}/.` : src
+  const r = await execa('cp', ['-a', '--no-target-directory', from, dst], { reject: false, all: true })
+  if (r.exitCode !== 0) throw new StackerError('IMPORT', `couldn't copy ${src} to ${dst}: ${lastLine(r.all ?? '')}`)
+}
+
+export function lastLine(s: string): string {
+  const lines = s.trim().split('\n')
+  return lines[lines.length - 1] ?? ''
+}
+
+export async function exists(p: string): Promise<boolean> {
+  try {
+    await lstat(p)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Runs `fn` over `items` with at most `limit` at once, keeping result order. */
+export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length)
+  let next = 0
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++
+      out[i] = await fn(items[i] as T, i)
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
+  return out
+}
+
+export function schemeOf(path: string): string | undefined {
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(path)
+  return m?.[1]
+}

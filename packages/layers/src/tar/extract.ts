@@ -1,0 +1,376 @@
+import { constants as fsConstants, type Stats } from 'node:fs'
+import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createGunzip } from 'node:zlib'
+import { setAttribute } from '@napi-rs/xattr'
+import { type Logger, silentLogger, StackerError } from '@stacker/core'
+import { readTar, type TarEntry } from './reader.js'
+import {
+  isOverlayXattr,
+  mknod,
+  OPAQUE_WHITEOUT,
+  OVERLAY_OPAQUE_XATTR,
+  WHITEOUT_META_PREFIX,
+  WHITEOUT_PREFIX,
+} from './overlay.js'
+import { sniffCompression, throughProgram, throughTransform, toChunks } from './streams.js'
+
+/** What to do with OCI whiteouts (`.wh.<name>`, `.wh..wh..opq`):
+ *  - `overlay`: turn them into overlayfs ones (0:0 char device, `user.overlay.opaque=y`), for a
+ *    content directory that will be a lower layer of an overlay mount;
+ *  - `apply`: delete what they name from the target, which already holds the lower layers;
+ *  - `keep`: write them as the plain empty files they are in the tar. */
+export type WhiteoutMode = 'overlay' | 'apply' | 'keep'
+
+export interface ExtractOptions {
+  whiteouts: WhiteoutMode
+  /** Default `auto`: gzip and zstd are recognised by their magic bytes. */
+  compression?: 'auto' | 'gzip' | 'zstd' | 'none'
+  /** Names the layer in error messages, e.g. its digest. */
+  sourceDescription?: string
+  logger?: Logger
+  /** Called with the running count of input (possibly compressed) bytes consumed. */
+  onProgress?: (bytes: number) => void
+}
+
+export type LayerInput = AsyncIterable<Uint8Array> | Iterable<Uint8Array> | NodeJS.ReadableStream
+
+const MAX_SYMLINK_HOPS = 255
+
+function errno(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | undefined)?.code
+}
+
+async function lstatOrNull(path: string): Promise<Stats | null> {
+  try {
+    return await lstat(path)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return null
+    throw e
+  }
+}
+
+/** A hostile or unusable entry: the message is what the user sees, prefixed by the layer. */
+class EntryError extends Error {}
+
+function splitName(name: string): string[] {
+  return name.split('/').filter((c) => c !== '' && c !== '.')
+}
+
+type Placement = { parent: string[]; base: string } | { root: true }
+
+/** Applies one layer's entries to a root directory, confining every write to it. */
+class Extractor {
+  readonly #root: string
+  readonly #mode: WhiteoutMode
+  readonly #logger: Logger
+  /** Directories whose times are set once their contents are in place. */
+  readonly #dirTimes: Array<{ path: string; mtime: number }> = []
+  /** Paths (relative, resolved) this layer created; only tracked for `apply`, where whiteouts
+   *  must spare them. */
+  readonly #created = new Set<string>()
+
+  constructor(root: string, mode: WhiteoutMode, logger: Logger) {
+    this.#root = root
+    this.#mode = mode
+    this.#logger = logger
+  }
+
+  #abs(rel: readonly string[]): string {
+    return rel.length === 0 ? this.#root : join(this.#root, ...rel)
+  }
+
+  #noteCreated(rel: readonly string[]): void {
+    if (this.#mode === 'apply') this.#created.add(rel.join('/'))
+  }
+
+  /** Resolves directory components the way the kernel would if the root were `/`: symlinks are
+   *  followed but re-rooted, `..` stops at the root. Missing directories are created (0755, root)
+   *  when `create`; otherwise a missing one is an error. Returns the real components. */
+  async #resolveDir(components: readonly string[], create: boolean): Promise<string[]> {
+    const cur: string[] = []
+    const queue = [...components]
+    let hops = 0
+    while (queue.length > 0) {
+      const c = queue.shift()!
+      if (c === '' || c === '.') continue
+      if (c === '..') {
+        cur.pop()
+        continue
+      }
+      const path = this.#abs([...cur, c])
+      const st = await lstatOrNull(path)
+      if (st === null) {
+        if (!create) throw new EntryError(`${[...cur, c].join('/')} does not exist`)
+        await mkdir(path, 0o755)
+        cur.push(c)
+        this.#noteCreated(cur)
+        continue
+      }
+      if (st.isSymbolicLink()) {
+        if (++hops > MAX_SYMLINK_HOPS) throw new EntryError('too many levels of symbolic links')
+        const target = await readlink(path)
+        if (target.startsWith('/')) cur.length = 0
+        queue.unshift(...target.split('/'))
+        continue
+      }
+      if (!st.isDirectory()) throw new EntryError(`${[...cur, c].join('/')} is not a directory`)
+      cur.push(c)
+    }
+    return cur
+  }
+
+  /** Splits an entry name into its resolved parent directory and final component. The final
+   *  component is never followed. */
+  async #place(name: string, create = true): Promise<Placement> {
+    const parts = splitName(name)
+    if (parts.length === 0) return { root: true }
+    const base = parts.pop()!
+    if (base === '..') throw new EntryError('name ends in ".."')
+    if (parts.includes('..')) this.#logger.debug(`tar entry ${JSON.stringify(name)} uses "..": kept inside the target`)
+    return { parent: await this.#resolveDir(parts, create), base }
+  }
+
+  /** Removes whatever is at `path` without following it. */
+  async #remove(path: string, st: Stats): Promise<void> {
+    if (st.isDirectory()) await rm(path, { recursive: true, force: true })
+    else await unlink(path)
+  }
+
+  async apply(e: TarEntry): Promise<void> {
+    const parts = splitName(e.name)
+    const last = parts[parts.length - 1]
+    if (this.#mode !== 'keep' && last?.startsWith(WHITEOUT_PREFIX)) {
+      await this.#whiteout(e, last)
+      return
+    }
+    const where = await this.#place(e.name)
+    if ('root' in where) {
+      if (e.type !== 'dir') throw new EntryError('the root can only be a directory')
+      await this.#metadata(this.#root, e, 'dir')
+      return
+    }
+    const rel = [...where.parent, where.base]
+    const path = this.#abs(rel)
+    const existing = await lstatOrNull(path)
+
+    if (e.type === 'dir') {
+      if (existing && !existing.isDirectory()) await this.#remove(path, existing)
+      if (!existing?.isDirectory()) await mkdir(path, 0o700)
+      this.#noteCreated(rel)
+      await this.#metadata(path, e, 'dir')
+      return
+    }
+
+    if (e.type === 'link') {
+      const target = await this.#linkTarget(e.linkname)
+      if (target === path) throw new EntryError('hard link to itself')
+      if (existing) await this.#remove(path, existing)
+      await link(target, path)
+      this.#noteCreated(rel)
+      return
+    }
+
+    if (existing) await this.#remove(path, existing)
+    if (e.type === 'file') {
+      const fh = await open(
+        path,
+        fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW,
+        0o600,
+      )
+      try {
+        for await (const chunk of e.body()) await fh.write(chunk)
+      } finally {
+        await fh.close()
+      }
+    } else if (e.type === 'symlink') {
+      await symlink(e.linkname, path)
+    } else {
+      await mknod(path, e.type, e.mode, e.devmajor, e.devminor)
+    }
+    this.#noteCreated(rel)
+    await this.#metadata(path, e, e.type)
+  }
+
+  /** A hard link's target: resolved inside the root, must exist and not be a directory. */
+  async #linkTarget(linkname: string): Promise<string> {
+    if (linkname === '') throw new EntryError('hard link without a target')
+    let where: Placement
+    try {
+      where = await this.#place(linkname, false)
+    } catch (err) {
+      if (err instanceof EntryError) throw new EntryError(`hard link target ${JSON.stringify(linkname)}: ${err.message}`)
+      throw err
+    }
+    if ('root' in where) throw new EntryError(`hard link to a directory (${JSON.stringify(linkname)})`)
+    const target = this.#abs([...where.parent, where.base])
+    const st = await lstatOrNull(target)
+    if (!st) throw new EntryError(`hard link target ${JSON.stringify(linkname)} does not exist`)
+    if (st.isDirectory()) throw new EntryError(`hard link to a directory (${JSON.stringify(linkname)})`)
+    return target
+  }
+
+  async #whiteout(e: TarEntry, base: string): Promise<void> {
+    const parentParts = splitName(e.name).slice(0, -1)
+    if (base === OPAQUE_WHITEOUT) {
+      const dir = await this.#resolveDir(parentParts, true)
+      if (this.#mode === 'overlay') await setAttribute(this.#abs(dir), OVERLAY_OPAQUE_XATTR, 'y')
+      else await this.#pruneLower(dir)
+      return
+    }
+    if (base.startsWith(WHITEOUT_META_PREFIX)) {
+      this.#logger.debug(`ignoring reserved whiteout entry ${JSON.stringify(e.name)}`)
+      return
+    }
+    const name = base.slice(WHITEOUT_PREFIX.length)
+    if (name === '' || name === '.' || name === '..') throw new EntryError('invalid whiteout name')
+    if (this.#mode === 'apply') {
+      const parent = await this.#resolveDir(parentParts, false).catch((err) => {
+        if (err instanceof EntryError) return undefined // nothing below a missing dir to delete
+        throw err
+      })
+      if (!parent) return
+      const rel = [...parent, name]
+      // Whiteouts hide lower layers only; a name this layer wrote itself stays.
+      if (this.#created.has(rel.join('/'))) return
+      const st = await lstatOrNull(this.#abs(rel))
+      if (st) await this.#remove(this.#abs(rel), st)
+      return
+    }
+    const parent = await this.#resolveDir(parentParts, true)
+    const path = this.#abs([...parent, name])
+    const existing = await lstatOrNull(path)
+    if (existing) await this.#remove(path, existing)
+    await mknod(path, 'char', 0, 0, 0)
+    await lchown(path, e.uid, e.gid)
+    await lutimes(path, e.mtime, e.mtime)
+  }
+
+  /** `apply` for an opaque directory: drop what lower layers put below it, keeping what this
+   *  layer created (and pruning inside the directories it created, which hide lower ones too). */
+  async #pruneLower(dir: readonly string[]): Promise<void> {
+    const abs = this.#abs(dir)
+    for (const name of await readdir(abs)) {
+      const rel = [...dir, name]
+      const st = await lstat(join(abs, name))
+      if (!this.#created.has(rel.join('/'))) await this.#remove(join(abs, name), st)
+      else if (st.isDirectory()) await this.#pruneLower(rel)
+    }
+  }
+
+  async #metadata(path: string, e: TarEntry, type: TarEntry['type']): Promise<void> {
+    await lchown(path, e.uid, e.gid)
+    if (type === 'symlink') {
+      await lutimes(path, e.mtime, e.mtime)
+      return
+    }
+    // After chown, which clears setuid/setgid.
+    await chmod(path, e.mode & 0o7777)
+    // After chown too, which drops security.capability.
+    for (const [name, value] of e.xattrs) {
+      if (isOverlayXattr(name)) {
+        this.#logger.debug(`not setting overlay xattr ${name} from tar entry ${JSON.stringify(e.name)}`)
+        continue
+      }
+      try {
+        await setAttribute(path, name, value)
+      } catch (err) {
+        const msg = err instanceof Error ? err.message : String(err)
+        // EPERM/EOPNOTSUPP: this filesystem or file type cannot hold it; the file is still usable.
+        if (/os error (1|95)\)/.test(msg)) this.#logger.warn(`cannot set xattr ${name} on ${e.name}: ${msg}`)
+        else throw new EntryError(`cannot set xattr ${name}: ${msg}`)
+      }
+    }
+    if (type === 'dir') this.#dirTimes.push({ path, mtime: e.mtime })
+    else await lutimes(path, e.mtime, e.mtime)
+  }
+
+  /** Sets directory times last: creating their contents changed them. */
+  async finish(): Promise<void> {
+    for (let i = this.#dirTimes.length - 1; i >= 0; i--) {
+      const { path, mtime } = this.#dirTimes[i]!
+      try {
+        await lutimes(path, mtime, mtime)
+      } catch (e) {
+        if (errno(e) !== 'ENOENT') throw e // replaced or whited out later in the same layer
+      }
+    }
+  }
+}
+
+function describe(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e)
+  return msg.replace(/\s*\n\s*/g, ' ')
+}
+
+/**
+ * Extracts one tar layer into `targetDir` (created if missing), converting whiteouts as `whiteouts`
+ * says. Every write stays inside `targetDir`: names are resolved as if it were `/`, through symlinks
+ * planted by this or earlier layers; an existing final component is replaced, never followed; hard
+ * links must point inside and not at a directory. Owners, modes (setuid included), xattrs (except
+ * overlayfs ones), devices and times are restored; run as root. Not atomic: on error the target
+ * holds a partial layer. Throws StackerError EXTRACT naming the entry for hostile or broken input.
+ */
+export async function extractTarLayer(
+  input: LayerInput,
+  targetDir: string,
+  opts: ExtractOptions,
+): Promise<{ entries: number }> {
+  const what = opts.sourceDescription ?? 'layer'
+  const logger = opts.logger ?? silentLogger
+  let current: string | undefined
+  let entries = 0
+  try {
+    await mkdir(targetDir, { recursive: true })
+    const root = await realpath(targetDir)
+    let consumed = 0
+    const onProgress = opts.onProgress
+    async function* counted(): AsyncGenerator<Buffer> {
+      for await (const c of toChunks(input)) {
+        consumed += c.length
+        onProgress?.(consumed)
+        yield c
+      }
+    }
+    let kind = opts.compression ?? 'auto'
+    let stream: AsyncIterable<Buffer> = counted()
+    if (kind === 'auto') ({ kind, stream } = await sniffCompression(stream))
+    let tar: AsyncIterable<Uint8Array> = stream
+    if (kind === 'gzip') tar = throughTransform(stream, createGunzip())
+    else if (kind === 'zstd') tar = throughProgram('zstd', ['-d', '-q', '-c'], stream, 'EXTRACT')
+    const x = new Extractor(root, opts.whiteouts, logger)
+    for await (const entry of readTar(tar)) {
+      current = entry.name
+      await x.apply(entry)
+      entries++
+      current = undefined
+    }
+    await x.finish()
+    return { entries }
+  } catch (e) {
+    if (e instanceof StackerError && e.code !== 'EXTRACT') throw e
+    const where = current === undefined ? '' : `: entry ${JSON.stringify(current)}`
+    const msg = e instanceof StackerError ? e.message : describe(e)
+    throw new StackerError('EXTRACT', `cannot extract ${what}${where}: ${msg}`, { cause: e })
+  }
+}
+
+/** Applies image layers in order onto `targetDir` (`apply` whiteouts), e.g. to flatten an image
+ *  into one rootfs. Each factory is called when its turn comes, so only one layer is open at a
+ *  time. */
+export async function unpackImageLayers(
+  layers: ReadonlyArray<() => LayerInput>,
+  targetDir: string,
+  opts: { logger?: Logger; describe?: (index: number) => string } = {},
+): Promise<{ entries: number }> {
+  let entries = 0
+  for (const [i, open] of layers.entries()) {
+    const r = await extractTarLayer(open(), targetDir, {
+      whiteouts: 'apply',
+      sourceDescription: opts.describe?.(i) ?? `layer ${i + 1}/${layers.length}`,
+      ...(opts.logger ? { logger: opts.logger } : {}),
+    })
+    entries += r.entries
+  }
+  return { entries }
+}

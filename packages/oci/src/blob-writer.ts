@@ -1,0 +1,201 @@
+import { randomBytes } from 'node:crypto'
+import { type FileHandle, mkdir, open, rename, rm, stat } from 'node:fs/promises'
+import { join } from 'node:path'
+import { type Digest, digestAlgorithm, Hasher, onCleanup, parseDigest, StackerError } from '@stacker/core'
+import { holdDigest, type LayoutState } from './state.js'
+
+export interface ExpectedBlob {
+  digest?: Digest
+  size?: number
+}
+
+export interface BlobInfo {
+  digest: Digest
+  size: number
+}
+
+/**
+ * A blob being written by a producer that pushes chunks. Bytes go to a temp file inside the layout
+ * and are hashed as they pass; nothing appears under blobs/ until commit() renames the finished file
+ * into place, so readers never see a partial blob. The writer owns its temp file: commit() or abort()
+ * releases it, and an interrupted process removes it through core's cleanup registry.
+ */
+export interface BlobWriter {
+  /** The temp file (inside `<layout>/.tmp/`). */
+  readonly path: string
+  /** Appends a chunk. The chunk must not be modified until the returned promise settles. Calls may
+   *  overlap; they are applied in call order. */
+  write(chunk: Uint8Array): Promise<void>
+  /** Finishes the blob: fsyncs, verifies `expected` (merged with the writer's own), and renames it
+   *  into place. Idempotent with respect to the store: an existing blob with the same digest is kept.
+   *  On a mismatch the temp file is removed and DIGEST is thrown. */
+  commit(expected?: ExpectedBlob): Promise<BlobInfo>
+  /** Removes the temp file. Safe to call at any time, any number of times. */
+  abort(): Promise<void>
+}
+
+export interface BlobWriterContext {
+  readonly dir: string
+  readonly state: LayoutState
+  readonly blobPath: (d: Digest) => string
+}
+
+/** Files in `<layout>/.tmp/` are named `blob-<pid>-<random>` so gc can tell whose they are. */
+export const TEMP_DIR = '.tmp'
+export const TEMP_PREFIX = 'blob-'
+
+export class LayoutBlobWriter implements BlobWriter {
+  readonly path: string
+  readonly #ctx: BlobWriterContext
+  readonly #hasher: Hasher
+  readonly #expected: ExpectedBlob
+  readonly #unregister: () => void
+  readonly #releaseDigest: (() => void) | undefined
+  #fh: FileHandle | undefined
+  #queue: Promise<void> = Promise.resolve()
+  #error: unknown
+  #state: 'open' | 'committing' | 'done' | 'aborted' = 'open'
+  #committing: Promise<unknown> | undefined
+
+  constructor(ctx: BlobWriterContext, expected: ExpectedBlob = {}) {
+    if (expected.digest !== undefined) parseDigest(expected.digest)
+    this.#ctx = ctx
+    this.#expected = expected
+    this.#hasher = new Hasher(expected.digest ? digestAlgorithm(expected.digest) : 'sha256')
+    this.path = join(ctx.dir, TEMP_DIR, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`)
+    ctx.state.tempFiles.add(this.path)
+    this.#releaseDigest = expected.digest ? holdDigest(ctx.state, expected.digest) : undefined
+    this.#unregister = onCleanup(() => rm(this.path, { force: true }))
+  }
+
+  write(chunk: Uint8Array): Promise<void> {
+    if (this.#state !== 'open') return Promise.reject(new StackerError('INTERNAL', `blob writer is ${this.#state}`))
+    this.#hasher.update(chunk)
+    const p = this.#queue.then(async () => {
+      if (this.#error !== undefined) throw this.#error
+      try {
+        const fh = await this.#handle()
+        let off = 0
+        while (off < chunk.byteLength) {
+          const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off)
+          off += bytesWritten
+        }
+      } catch (e) {
+        this.#error ??= e
+        throw e
+      }
+    })
+    // The queue must keep going after a failure so later calls see #error rather than hang.
+    this.#queue = p.catch(() => {})
+    return p
+  }
+
+  commit(expected: ExpectedBlob = {}): Promise<BlobInfo> {
+    if (this.#state !== 'open') return Promise.reject(new StackerError('INTERNAL', `blob writer is ${this.#state}`))
+    this.#state = 'committing'
+    const p = this.#commit(expected)
+    this.#committing = p
+    return p
+  }
+
+  async #commit(expected: ExpectedBlob): Promise<BlobInfo> {
+    let held: (() => void) | undefined
+    try {
+      await this.#queue
+      if (this.#error !== undefined) throw this.#error
+      const fh = await this.#handle()
+      await fh.sync()
+      await fh.close()
+      this.#fh = undefined
+      const digest = this.#hasher.digest()
+      const size = this.#hasher.size
+      checkExpected({ digest, size }, this.#expected)
+      checkExpected({ digest, size }, expected)
+      held = holdDigest(this.#ctx.state, digest)
+      const final = this.#ctx.blobPath(digest)
+      await this.#ctx.state.blobLock.run(async () => {
+        if (await exists(final)) {
+          await rm(this.path, { force: true })
+        } else {
+          await mkdir(join(final, '..'), { recursive: true })
+          await rename(this.path, final)
+        }
+      })
+      this.#finish('done')
+      return { digest, size }
+    } catch (e) {
+      await this.#discard('aborted')
+      throw e
+    } finally {
+      held?.()
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.#state === 'committing') {
+      // A commit in progress either lands the blob or removes the temp file itself.
+      await this.#committing?.catch(() => {})
+      return
+    }
+    if (this.#state === 'done' || this.#state === 'aborted') return
+    this.#state = 'aborted'
+    await this.#queue
+    await this.#discard('aborted')
+  }
+
+  async #handle(): Promise<FileHandle> {
+    if (!this.#fh) {
+      await mkdir(join(this.#ctx.dir, TEMP_DIR), { recursive: true })
+      this.#fh = await open(this.path, 'wx', 0o644)
+    }
+    return this.#fh
+  }
+
+  async #discard(state: 'aborted'): Promise<void> {
+    const fh = this.#fh
+    this.#fh = undefined
+    try {
+      await fh?.close()
+    } catch {
+      // The handle may already be closed by a failed commit; the file is removed below either way.
+    }
+    await rm(this.path, { force: true })
+    this.#finish(state)
+  }
+
+  #finish(state: 'done' | 'aborted'): void {
+    this.#state = state
+    this.#ctx.state.tempFiles.delete(this.path)
+    this.#releaseDigest?.()
+    this.#unregister()
+  }
+}
+
+export function checkExpected(actual: BlobInfo, expected: ExpectedBlob): void {
+  if (expected.digest !== undefined && expected.digest !== actual.digest) {
+    throw new StackerError(
+      'DIGEST',
+      `blob digest mismatch: expected ${expected.digest}, got ${actual.digest} (${actual.size} bytes)`,
+    )
+  }
+  if (expected.size !== undefined && expected.size !== actual.size) {
+    throw new StackerError(
+      'DIGEST',
+      `blob size mismatch for ${actual.digest}: expected ${expected.size} bytes, got ${actual.size}`,
+    )
+  }
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch (e) {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return false
+    throw e
+  }
+}
+
+export function isErrno(e: unknown, code: string): boolean {
+  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code
+}

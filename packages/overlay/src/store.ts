@@ -1,0 +1,407 @@
+import { randomBytes } from 'node:crypto'
+import { chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, symlink } from 'node:fs/promises'
+import { isAbsolute, join, resolve } from 'node:path'
+import { type Logger, StackerError, atomicWriteFile, onCleanup, silentLogger } from '@stacker/core'
+import { execa } from 'execa'
+import { decodeLayerName, encodeLayerName, validateContentId } from './names.js'
+import { type Mount, removeTree, unmount, unmountAll } from './mounts.js'
+
+/** A throwaway writable view of a chain; everything written lands in `upper` and is deleted by
+ *  `release()`. */
+export interface Snapshot extends Mount {
+  readonly upper: string
+}
+
+/** What a layer's filesystem is: content ids, bottom -> top, whatever the output formats.
+ *  `meta` is opaque to the store and kept as given. */
+export interface LayerRecord {
+  version: 1
+  chain: string[]
+  meta?: unknown
+}
+
+export interface MountOptions {
+  /** Content ids or absolute dirs, bottom -> top. A dir repeated in the chain is used once, at its
+   *  topmost place, which gives the same view (overlayfs refuses a dir twice). */
+  lower: readonly string[]
+  /** With `work`, makes the mount writable; both are on the same filesystem and not in use. */
+  upper?: string
+  work?: string
+  /** Created if missing. */
+  target: string
+}
+
+export interface BuildWorkspace {
+  /** build/<name>: everything below it is the build's and goes with it. */
+  root: string
+  upper: string
+  work: string
+  rootfs: string
+}
+
+/**
+ * The layer filesystem store under a roots dir:
+ *
+ *   content/<id>/        immutable layer content in overlay format (whiteouts are 0:0 char devices,
+ *                        opaque dirs carry user.overlay.opaque=y); a dir appears there complete or
+ *                        not at all (filled in tmp/, then renamed)
+ *   layers/<name>.json   a layer's record: its chain of content ids (replaced atomically)
+ *   build/<name>/        transient build workspace (upper, work, rootfs)
+ *   tmp/                 staging, snapshots and mount link dirs; emptied at open
+ *
+ * Overlay mounts use `userxattr` and name their layers through a per-mount dir of short symlinks,
+ * mounted with that dir as cwd, so the option string stays a few bytes per layer (a chain of
+ * hundreds of layers fits the one-page limit on mount options).
+ *
+ * One store per roots dir per process, opened while holding the roots dir lock: open() treats
+ * everything in tmp/ and build/ as left over from a killed process.
+ */
+export class OverlayStore {
+  readonly rootsDir: string
+  readonly #logger: Logger
+  readonly #fills = new Map<string, Promise<string>>()
+  // Content ids under a live mount of this store; gcContent leaves them alone.
+  readonly #inUse = new Map<string, number>()
+
+  private constructor(rootsDir: string, logger: Logger) {
+    this.rootsDir = rootsDir
+    this.#logger = logger
+  }
+
+  /** Creates the layout if missing and clears what a killed process left in tmp/ and build/
+   *  (unmounting first, so no stale view is ever deleted through). */
+  static async open(rootsDir: string, opts: { logger?: Logger } = {}): Promise<OverlayStore> {
+    const store = new OverlayStore(resolve(rootsDir), opts.logger ?? silentLogger)
+    for (const d of ['content', 'layers', 'build', 'tmp']) await mkdir(join(store.rootsDir, d), { recursive: true })
+    for (const area of ['tmp', 'build']) {
+      const dir = join(store.rootsDir, area)
+      const stale = await readdir(dir)
+      if (stale.length === 0) continue
+      store.#logger.debug(`removing ${stale.length} stale entries from ${dir}`)
+      await unmountAll(dir)
+      await Promise.all(stale.map((e) => rm(join(dir, e), { recursive: true, force: true })))
+    }
+    return store
+  }
+
+  get #tmp(): string {
+    return join(this.rootsDir, 'tmp')
+  }
+
+  /** The dir of a content id (whether or not it exists). Throws on an invalid id. */
+  contentPath(id: string): string {
+    validateContentId(id)
+    return join(this.rootsDir, 'content', id)
+  }
+
+  async hasContent(id: string): Promise<boolean> {
+    return isDir(this.contentPath(id))
+  }
+
+  /**
+   * Returns content/<id>, creating it with `fill` if missing. `fill` writes into an empty staging
+   * dir (mode 0755, its root becomes the content's root) that is renamed into place only when
+   * `fill` resolves: a crash or error leaves no content dir, only staging that the next open
+   * removes. Concurrent calls for one id in this store share one fill.
+   */
+  ensureContent(id: string, fill: (dir: string) => Promise<void>): Promise<string> {
+    const dest = this.contentPath(id)
+    const pending = this.#fills.get(id)
+    if (pending) return pending
+    const p = (async () => {
+      if (await isDir(dest)) return dest
+      const staging = await mkdtemp(join(this.#tmp, 'c-'))
+      const unregister = onCleanup(() => removeTree(staging))
+      try {
+        await chmod(staging, 0o755)
+        await fill(staging)
+        await this.#moveIn(staging, dest)
+        return dest
+      } catch (e) {
+        await removeTree(staging).catch(() => {})
+        throw e
+      } finally {
+        unregister()
+      }
+    })().finally(() => this.#fills.delete(id))
+    this.#fills.set(id, p)
+    return p
+  }
+
+  /**
+   * Moves `dir` (on the roots dir's filesystem, e.g. a finished build's upper dir) to content/<id>.
+   * If that id exists already, `dir` is removed instead: equal ids mean equal content. Atomic.
+   */
+  async adoptContent(id: string, dir: string): Promise<string> {
+    const dest = this.contentPath(id)
+    await this.#fills.get(id)?.catch(() => {})
+    if (await isDir(dest)) {
+      await removeTree(dir)
+      return dest
+    }
+    await this.#moveIn(resolve(dir), dest)
+    return dest
+  }
+
+  async #moveIn(from: string, dest: string): Promise<void> {
+    try {
+      await rename(from, dest)
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      if (code === 'EEXIST' || code === 'ENOTEMPTY') {
+        await removeTree(from)
+        return
+      }
+      if (code === 'EXDEV') {
+        throw new StackerError('INTERNAL', `can't move ${from} into ${dest}: not on the same filesystem`, { cause: e })
+      }
+      throw e
+    }
+  }
+
+  #layerFile(name: string): string {
+    return join(this.rootsDir, 'layers', `${encodeLayerName(name)}.json`)
+  }
+
+  /** The record of `name`, or undefined when there is none or it is unreadable (logged). */
+  async readLayer(name: string): Promise<LayerRecord | undefined> {
+    const file = this.#layerFile(name)
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
+      throw e
+    }
+    const rec = parseRecord(text, name)
+    if (!rec) this.#logger.warn(`ignoring unreadable layer record ${file}`)
+    return rec
+  }
+
+  /** Replaces the record of `name` atomically. */
+  async writeLayer(name: string, rec: LayerRecord): Promise<void> {
+    if (rec.version !== 1 || !Array.isArray(rec.chain)) {
+      throw new StackerError('INTERNAL', `invalid layer record for ${name}`)
+    }
+    for (const id of rec.chain) validateContentId(id)
+    const body: Record<string, unknown> = { version: 1, name, chain: rec.chain }
+    if (rec.meta !== undefined) body.meta = rec.meta
+    await atomicWriteFile(this.#layerFile(name), `${JSON.stringify(body)}\n`)
+  }
+
+  /** Idempotent. The content the record named stays until gcContent. */
+  async removeLayer(name: string): Promise<void> {
+    await rm(this.#layerFile(name), { force: true })
+  }
+
+  /** Names of all recorded layers, sorted. */
+  async listLayers(): Promise<string[]> {
+    const dir = join(this.rootsDir, 'layers')
+    const names: string[] = []
+    for (const f of await readdir(dir)) {
+      if (!f.endsWith('.json') || f.startsWith('.')) continue
+      const stem = f.slice(0, -'.json'.length)
+      const name = decodeLayerName(stem) ?? (await readStoredName(join(dir, f)))
+      if (name !== undefined) names.push(name)
+    }
+    return names.sort()
+  }
+
+  /**
+   * Mounts an overlay of `lower` (plus `upper`/`work` when given) at `target`. Read-only mounts
+   * of fewer than two dirs, and writable mounts of none, are padded with empty dirs below, as
+   * overlayfs needs them. The mount is registered for cleanup on interruption while held.
+   */
+  async mount(opts: MountOptions): Promise<Mount> {
+    return this.#mount(opts, await mkdtemp(join(this.#tmp, 'm-')), undefined)
+  }
+
+  async #mount(opts: MountOptions, linkDir: string, owned: string | undefined): Promise<Mount> {
+    const removeOwned = async () => {
+      await rm(linkDir, { recursive: true, force: true })
+      if (owned) await removeTree(owned)
+    }
+    const ids: string[] = []
+    let held: Mount
+    try {
+      const lowers = this.#resolveLowers(opts.lower, ids)
+      for (const dir of lowers) {
+        if (!(await isDir(dir))) throw new StackerError('MOUNT', `layer content ${dir} is missing`)
+      }
+      if ((opts.upper === undefined) !== (opts.work === undefined)) {
+        throw new StackerError('INTERNAL', 'an overlay mount needs both upper and work, or neither')
+      }
+      const target = resolve(opts.target)
+      await mkdir(target, { recursive: true })
+      const names: string[] = []
+      const pad = Math.max(0, (opts.upper === undefined ? 2 : 1) - lowers.length)
+      for (let i = 0; i < pad; i++) {
+        await mkdir(join(linkDir, `e${i}`))
+        names.push(`e${i}`)
+      }
+      for (const [i, dir] of lowers.entries()) {
+        await symlink(dir, join(linkDir, String(i)))
+        names.push(String(i))
+      }
+      const options = ['userxattr', `lowerdir=${names.reverse().join(':')}`]
+      if (opts.upper !== undefined && opts.work !== undefined) {
+        await symlink(resolve(opts.upper), join(linkDir, 'u'))
+        await symlink(resolve(opts.work), join(linkDir, 'w'))
+        options.push('upperdir=u', 'workdir=w')
+      }
+      const r = await execa('mount', ['-t', 'overlay', 'overlay', '-o', options.join(','), target], {
+        cwd: linkDir,
+        reject: false,
+        stdin: 'ignore',
+      })
+      if (r.exitCode !== 0) {
+        throw new StackerError('MOUNT', `couldn't mount overlay on ${target}: ${String(r.stderr).trim()}`, {
+          hint: `${lowers.length} lower dirs${opts.upper === undefined ? '' : `, upper ${opts.upper}`}`,
+        })
+      }
+      this.#logger.debug(`mounted overlay of ${lowers.length} layers on ${target}`)
+      for (const id of ids) this.#inUse.set(id, (this.#inUse.get(id) ?? 0) + 1)
+      let released: Promise<void> | undefined
+      const release = (): Promise<void> => {
+        released ??= (async () => {
+          unregister()
+          await unmount(target)
+          for (const id of ids) {
+            const n = (this.#inUse.get(id) ?? 1) - 1
+            if (n > 0) this.#inUse.set(id, n)
+            else this.#inUse.delete(id)
+          }
+          await removeOwned()
+        })()
+        return released
+      }
+      const unregister = onCleanup(release)
+      held = { target, release }
+    } catch (e) {
+      await removeOwned().catch(() => {})
+      throw e
+    }
+    return held
+  }
+
+  #resolveLowers(lower: readonly string[], ids: string[]): string[] {
+    const seen = new Set<string>()
+    const topDown: string[] = []
+    for (let i = lower.length - 1; i >= 0; i--) {
+      const entry = lower[i]!
+      const dir = isAbsolute(entry) ? resolve(entry) : this.contentPath(entry)
+      if (seen.has(dir)) continue
+      seen.add(dir)
+      topDown.push(dir)
+      if (!isAbsolute(entry)) ids.push(entry)
+    }
+    return topDown.reverse()
+  }
+
+  /** A writable throwaway view of `chain` (content ids or absolute dirs, bottom -> top), for
+   *  grab, chroot, generate_labels and stacker:// imports. The content dirs are never written. */
+  async snapshot(chain: readonly string[]): Promise<Snapshot> {
+    const dir = await mkdtemp(join(this.#tmp, 's-'))
+    let linkDir: string
+    try {
+      await Promise.all(['upper', 'work', 'rootfs', 'l'].map((d) => mkdir(join(dir, d))))
+      linkDir = join(dir, 'l')
+    } catch (e) {
+      await removeTree(dir)
+      throw e
+    }
+    const upper = join(dir, 'upper')
+    const m = await this.#mount(
+      { lower: chain, upper, work: join(dir, 'work'), target: join(dir, 'rootfs') },
+      linkDir,
+      dir,
+    )
+    return { target: m.target, upper, release: m.release }
+  }
+
+  /** A fresh, empty build workspace for `name`; whatever an earlier (killed) build of that name
+   *  left there, mounts included, is removed first. The caller mounts rootfs itself. */
+  async prepareBuild(name: string): Promise<BuildWorkspace> {
+    const root = join(this.rootsDir, 'build', encodeLayerName(name))
+    if (await exists(root)) {
+      this.#logger.debug(`removing leftovers of an earlier build of ${name}`)
+      await removeTree(root)
+    }
+    const ws = { root, upper: join(root, 'upper'), work: join(root, 'work'), rootfs: join(root, 'rootfs') }
+    for (const d of [ws.upper, ws.work, ws.rootfs]) await mkdir(d, { recursive: true })
+    return ws
+  }
+
+  /** Removes the build workspace of `name` (unmounting anything left mounted in it). Idempotent. */
+  async removeBuild(name: string): Promise<void> {
+    await removeTree(join(this.rootsDir, 'build', encodeLayerName(name)))
+  }
+
+  /**
+   * Removes every content dir whose id is not in `keep`, except those being filled or mounted by
+   * this store. Each dir is first renamed into tmp/, so a crash never leaves a partial content dir.
+   * Returns the removed ids, sorted.
+   */
+  async gcContent(keep: ReadonlySet<string>): Promise<string[]> {
+    const removed: string[] = []
+    const dir = join(this.rootsDir, 'content')
+    for (const id of (await readdir(dir)).sort()) {
+      if (keep.has(id) || this.#fills.has(id) || this.#inUse.has(id)) continue
+      const grave = join(this.#tmp, `gc-${randomBytes(6).toString('hex')}`)
+      await rename(join(dir, id), grave)
+      await removeTree(grave)
+      removed.push(id)
+    }
+    if (removed.length > 0) this.#logger.debug(`removed ${removed.length} unused content dirs`)
+    return removed
+  }
+}
+
+function parseRecord(text: string, name: string): LayerRecord | undefined {
+  let raw: unknown
+  try {
+    raw = JSON.parse(text)
+  } catch {
+    return undefined
+  }
+  if (typeof raw !== 'object' || raw === null) return undefined
+  const o = raw as Record<string, unknown>
+  if (o.version !== 1 || !Array.isArray(o.chain) || (o.name !== undefined && o.name !== name)) return undefined
+  const chain: string[] = []
+  for (const id of o.chain) {
+    if (typeof id !== 'string') return undefined
+    try {
+      validateContentId(id)
+    } catch {
+      return undefined
+    }
+    chain.push(id)
+  }
+  return o.meta === undefined ? { version: 1, chain } : { version: 1, chain, meta: o.meta }
+}
+
+async function readStoredName(file: string): Promise<string | undefined> {
+  try {
+    const o = JSON.parse(await readFile(file, 'utf8')) as { name?: unknown }
+    return typeof o.name === 'string' ? o.name : undefined
+  } catch {
+    return undefined
+  }
+}
+
+async function isDir(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory()
+  } catch {
+    return false
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch {
+    return false
+  }
+}

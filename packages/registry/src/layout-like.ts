@@ -1,0 +1,34 @@
+import { type Digest, StackerError, type StackerErrorCode } from '@stacker/core'
+import type { BlobInfo, BlobWriter, Descriptor, ExpectedBlob } from '@stacker/oci'
+
+/** What pull and push need of an OCI layout; @stacker/oci's OciLayout is one. */
+export interface OciLayoutLike {
+  hasBlob(d: Digest): Promise<boolean>
+  /** A writer whose bytes become visible only at commit(), which verifies `expected`. */
+  createBlobWriter(expected?: ExpectedBlob): BlobWriter
+  putBlob(data: Uint8Array, expected?: ExpectedBlob): Promise<BlobInfo>
+  /** The blob's bytes; the stream errors if the stored content does not match its digest. */
+  openBlob(d: Digest): AsyncIterable<Uint8Array>
+  readBlob(d: Digest): Promise<Buffer>
+  /** A tag or digest to its descriptor (NOT_FOUND otherwise). */
+  resolve(ref: string): Promise<Descriptor>
+  setTag(name: string, desc: Descriptor): Promise<void>
+}
+
+/** Runs `fn`; an error whose message does not already start with `prefix` gets it, so every error
+ *  of a pull or push is one line naming the reference. */
+export async function withContext<T>(prefix: string, code: StackerErrorCode, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (e) {
+    if (e instanceof StackerError) {
+      if (e.message.startsWith(`${prefix}:`)) throw e
+      throw new StackerError(e.code, `${prefix}: ${e.message}`, {
+        cause: e,
+        ...(e.hint !== undefined ? { hint: e.hint } : {}),
+      })
+    }
+    const msg = e instanceof Error ? e.message : String(e)
+    throw new StackerError(code, `${prefix}: ${msg.replace(/\s+/g, ' ')}`, { cause: e })
+  }
+}

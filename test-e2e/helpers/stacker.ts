@@ -1,0 +1,55 @@
+import { execa } from 'execa'
+import { REPO_ROOT, STACKER_BIN } from './paths.js'
+
+export interface StackerResult {
+  stdout: string
+  stderr: string
+  exitCode: number
+  /** Set when the process was killed by a signal (timeoutMs included). */
+  signal: string | undefined
+  timedOut: boolean
+  /** The command line, for failure messages. */
+  command: string
+}
+
+export interface StackerOptions {
+  /** Working directory; default the repository root. */
+  cwd?: string
+  /** Added to (and overriding) the test process's environment. */
+  env?: Record<string, string>
+  /** Written to stdin; stdin is empty otherwise. */
+  input?: string
+  /** Kills the process after this long; default 10 minutes. */
+  timeoutMs?: number
+}
+
+/**
+ * Runs bin/stacker with node as a user would. Never throws: a failure shows in exitCode and stderr
+ * (a missing build or a signal gives a non-zero exitCode too). `--debug` is not added.
+ */
+export async function stacker(args: string[], opts: StackerOptions = {}): Promise<StackerResult> {
+  const r = await execa(process.execPath, [STACKER_BIN, ...args], {
+    cwd: opts.cwd ?? REPO_ROOT,
+    env: opts.env ?? {},
+    input: opts.input ?? '',
+    timeout: opts.timeoutMs ?? 600_000,
+    reject: false,
+    stripFinalNewline: false,
+  })
+  return {
+    stdout: String(r.stdout ?? ''),
+    stderr: String(r.stderr ?? ''),
+    exitCode: r.exitCode ?? (r.signal ? 128 : 1),
+    signal: r.signal ?? undefined,
+    timedOut: r.timedOut,
+    command: r.command,
+  }
+}
+
+/** Throws with the whole output unless the result exited 0; returns it for chaining. */
+export function expectOk(r: StackerResult): StackerResult {
+  if (r.exitCode !== 0) {
+    throw new Error(`${r.command} exited ${r.exitCode}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`)
+  }
+  return r
+}
