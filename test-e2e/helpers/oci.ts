@@ -172,7 +172,8 @@ async function magic(path: string): Promise<Buffer> {
 /** A plain tar stream of a tar, tar+gzip or tar+zstd file (compression found from its magic bytes). */
 async function tarStream(path: string): Promise<{ stream: Readable; done: () => Promise<void> }> {
   const m = await magic(path)
-  if (m.subarray(0, 2).equals(GZIP)) return { stream: createReadStream(path).pipe(createGunzip()), done: async () => {} }
+  if (m.subarray(0, 2).equals(GZIP))
+    return { stream: createReadStream(path).pipe(createGunzip()), done: async () => {} }
   if (m.equals(ZSTD)) {
     // Node 20's zlib has no zstd; the zstd tool does.
     const child = execa('zstd', ['-dc', path], { buffer: false, stderr: 'pipe' })

@@ -1,5 +1,17 @@
+import { tmpdir } from 'node:os'
 import { execa } from 'execa'
-import { REPO_ROOT, STACKER_BIN } from './paths.js'
+import { inject } from 'vitest'
+import { STACKER_BIN } from './paths.js'
+
+// stacker puts .stacker, roots and oci in its cwd; a test that forgets cwd must not litter the repo, so
+// the default cwd is an empty dir that global-setup makes and removes.
+function scratchDir(): string {
+  try {
+    return inject('scratchDir')
+  } catch {
+    return tmpdir()
+  }
+}
 
 export interface StackerResult {
   stdout: string
@@ -13,7 +25,7 @@ export interface StackerResult {
 }
 
 export interface StackerOptions {
-  /** Working directory; default the repository root. */
+  /** Working directory; default an empty scratch dir, removed after the run. Tests that build pass theirs. */
   cwd?: string
   /** Added to (and overriding) the test process's environment. */
   env?: Record<string, string>
@@ -29,7 +41,7 @@ export interface StackerOptions {
  */
 export async function stacker(args: string[], opts: StackerOptions = {}): Promise<StackerResult> {
   const r = await execa(process.execPath, [STACKER_BIN, ...args], {
-    cwd: opts.cwd ?? REPO_ROOT,
+    cwd: opts.cwd ?? scratchDir(),
     env: opts.env ?? {},
     input: opts.input ?? '',
     timeout: opts.timeoutMs ?? 600_000,

@@ -1,4 +1,5 @@
 import { availableParallelism } from 'node:os'
+import { isAbsolute, relative, resolve } from 'node:path'
 import { type Command, Option } from 'commander'
 import { StackerError } from '@stacker/core'
 import {
@@ -77,7 +78,8 @@ function buildOptions(f: BuildFlags, files: string[]) {
   if (f.shellFail && f.onRunFailure !== undefined && f.onRunFailure !== '/bin/sh')
     throw new StackerError('USAGE', `--shell-fail is incompatible with --on-run-failure=${f.onRunFailure}`)
   const jobs = Number.parseInt(f.jobs, 10)
-  if (!Number.isInteger(jobs) || jobs < 1) throw new StackerError('USAGE', `invalid --jobs value ${JSON.stringify(f.jobs)}`)
+  if (!Number.isInteger(jobs) || jobs < 1)
+    throw new StackerError('USAGE', `invalid --jobs value ${JSON.stringify(f.jobs)}`)
   const onRunFailure = f.shellFail ? '/bin/sh' : f.onRunFailure
   return {
     stackerFiles: files,
@@ -96,8 +98,9 @@ function buildOptions(f: BuildFlags, files: string[]) {
 
 async function searchFiles(dir: string | undefined, pattern: string | undefined): Promise<string[]> {
   const { findStackerfiles } = await import('@stacker/stackerfile')
-  // Paths keep the search dir as given, so messages name files as the user wrote them.
-  return findStackerfiles(dir ?? '.', pattern)
+  const files = await findStackerfiles(resolve(dir ?? '.'), pattern)
+  // A relative search dir gives relative paths, so messages name files as the user would.
+  return dir !== undefined && !isAbsolute(dir) ? files.map((f) => relative(process.cwd(), f)) : files
 }
 
 export function registerCommands(program: Command, ctx: () => CommandContext): void {
@@ -247,7 +250,10 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
     .option('--gid <gid>')
     .option('--username <name>')
     .action(() => {
-      throw new StackerError('NOT_IMPLEMENTED', 'unpriv-setup is not implemented: unprivileged builds are not supported yet')
+      throw new StackerError(
+        'NOT_IMPLEMENTED',
+        'unpriv-setup is not implemented: unprivileged builds are not supported yet',
+      )
     })
 
   const internal = program.command('internal-go', { hidden: true }).description('internal helpers')

@@ -53,7 +53,13 @@ export class Renderer {
     if (this.#opts.quiet) return
     if (!this.#opts.progress || this.#file) {
       // Plain mode: one line when a transfer finishes.
-      if (e.done) this.#write({ level: 'info', msg: `${progressVerb(e)} ${e.label}: ${humanBytes(e.current)} done`, fields: undefined, prefix: undefined })
+      if (e.done)
+        this.#write({
+          level: 'info',
+          msg: `${progressVerb(e)} ${e.label}: ${humanBytes(e.current)} done`,
+          fields: undefined,
+          prefix: undefined,
+        })
       return
     }
     if (e.done) this.#progress.delete(e.id)

@@ -60,7 +60,8 @@ export function buildProgram(state: { renderer?: Renderer }): Command {
   program.hook('preSubcommand', (cmd) => {
     const g = cmd.opts<GlobalFlags>()
     if (g.debug && g.quiet) throw new StackerError('USAGE', "debug and quiet don't make sense together")
-    if (g.storageType && g.storageType !== 'overlay') throw new StackerError('USAGE', `unknown storage type ${g.storageType}`)
+    if (g.storageType && g.storageType !== 'overlay')
+      throw new StackerError('USAGE', `unknown storage type ${g.storageType}`)
     state.renderer = new Renderer({
       debug: !!g.debug,
       quiet: !!g.quiet,

@@ -24,7 +24,9 @@ export interface ResolvedDirs {
 const DEFAULTS = { stackerDir: '.stacker', ociDir: 'oci', rootsDir: 'roots' } as const
 
 export function defaultConfigPath(env: NodeJS.ProcessEnv = process.env): string {
-  return env.XDG_CONFIG_HOME ? join(env.XDG_CONFIG_HOME, 'conf.yaml') : join(homedir(), '.config', 'stacker', 'conf.yaml')
+  return env.XDG_CONFIG_HOME
+    ? join(env.XDG_CONFIG_HOME, 'conf.yaml')
+    : join(homedir(), '.config', 'stacker', 'conf.yaml')
 }
 
 interface ConfigFile {
@@ -49,7 +51,8 @@ export function readConfigFile(path: string): ConfigFile {
     throw new StackerError('USAGE', `couldn't parse config file ${path}: ${(e as Error).message.split('\n')[0]}`)
   }
   if (doc === null || doc === undefined) return {}
-  if (typeof doc !== 'object' || Array.isArray(doc)) throw new StackerError('USAGE', `couldn't parse config file ${path}: not a map`)
+  if (typeof doc !== 'object' || Array.isArray(doc))
+    throw new StackerError('USAGE', `couldn't parse config file ${path}: not a map`)
   const out: ConfigFile = {}
   const d = doc as Record<string, unknown>
   for (const k of ['work_dir', 'stacker_dir', 'oci_dir', 'rootfs_dir'] as const) {
@@ -73,7 +76,10 @@ export function resolveDirs(flags: DirFlags, cwd = process.cwd()): ResolvedDirs 
   const ociDir = pick(flags.ociDir, conf.oci_dir, DEFAULTS.ociDir)
   const rootsDir = pick(flags.rootsDir, conf.rootfs_dir, DEFAULTS.rootsDir)
   if (rootsDir.includes(':'))
-    throw new StackerError('USAGE', `using ':' in the name of --roots-dir (${rootsDir}) is forbidden due to overlay constraints`)
+    throw new StackerError(
+      'USAGE',
+      `using ':' in the name of --roots-dir (${rootsDir}) is forbidden due to overlay constraints`,
+    )
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(cwd, p))
   return { workDir, stackerDir: abs(stackerDir), ociDir: abs(ociDir), rootsDir: abs(rootsDir), rootsDirArg: rootsDir }
 }
@@ -83,7 +89,10 @@ export function sourceDateEpoch(env: NodeJS.ProcessEnv = process.env): number | 
   const v = env.SOURCE_DATE_EPOCH
   if (v === undefined || v === '') return undefined
   if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(Number(v))) {
-    throw new StackerError('USAGE', `invalid SOURCE_DATE_EPOCH value ${JSON.stringify(v)}: strconv.ParseInt: parsing ${JSON.stringify(v)}: invalid syntax`)
+    throw new StackerError(
+      'USAGE',
+      `invalid SOURCE_DATE_EPOCH value ${JSON.stringify(v)}: strconv.ParseInt: parsing ${JSON.stringify(v)}: invalid syntax`,
+    )
   }
   return Number(v)
 }

@@ -44,7 +44,10 @@ export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<Reso
     case 'built': {
       const tag = from.tag ?? ''
       const parent = ctx.built.get(tag)
-      if (!parent) throw new StackerError('DEPENDENCY', `couldn't find a cache of base layer for ${layer.name}: ${tag}`, { pos: from.pos })
+      if (!parent)
+        throw new StackerError('DEPENDENCY', `couldn't find a cache of base layer for ${layer.name}: ${tag}`, {
+          pos: from.pos,
+        })
       return { key: `built:${parent.entry.key}`, chain: [...parent.entry.chain], parent }
     }
     case 'tar': {
@@ -54,7 +57,10 @@ export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<Reso
     case 'oci': {
       const url = from.url ?? ''
       const i = url.indexOf(':')
-      if (i < 0) throw new StackerError('STACKERFILE', `bad OCI base url ${JSON.stringify(url)}: expected <layout path>:<ref>`, { pos: from.pos })
+      if (i < 0)
+        throw new StackerError('STACKERFILE', `bad OCI base url ${JSON.stringify(url)}: expected <layout path>:<ref>`, {
+          pos: from.pos,
+        })
       if (url.startsWith('docker://')) return registryBase(ctx, layer, url)
       const image = await openLayoutImage(ctx, resolve(url.slice(0, i)), url.slice(i + 1), layer)
       return { key: `oci:${image.descriptor.digest}`, chain: [...image.contents], image }
@@ -88,7 +94,11 @@ async function openLayoutImage(ctx: BuildContext, dir: string, ref: string, laye
   try {
     layout = await OciLayout.open(dir, { create: false })
   } catch (e) {
-    throw new StackerError('NOT_FOUND', `couldn't open base image ${dir}:${ref} for ${layer.name}: ${(e as Error).message}`, { cause: e })
+    throw new StackerError(
+      'NOT_FOUND',
+      `couldn't open base image ${dir}:${ref} for ${layer.name}: ${(e as Error).message}`,
+      { cause: e },
+    )
   }
   const img = await layout.readImage(ref)
   const image: BaseImage = {
@@ -111,7 +121,11 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
         const kind = layerKind(d.mediaType)
         ctx.logger.debug(`extracting ${d.digest} (${d.mediaType})`)
         if (kind === 'tar') {
-          await extractTarLayer(image.layout.openBlob(d.digest), dir, { whiteouts: 'overlay', compression: 'auto', sourceDescription: d.digest })
+          await extractTarLayer(image.layout.openBlob(d.digest), dir, {
+            whiteouts: 'overlay',
+            compression: 'auto',
+            sourceDescription: d.digest,
+          })
         } else {
           const hash = d.annotations?.['io.stackeroci.stacker.atomfs_verity_root_hash']
           await rm(dir, { recursive: true, force: true })
@@ -132,10 +146,16 @@ async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   const scheme = schemeOf(url)
   if (scheme === undefined) {
     const p = resolve(url)
-    if (!(await exists(p))) throw new StackerError('NOT_FOUND', `couldn't find tar base ${url}`, { pos: layer.from?.pos })
+    if (!(await exists(p)))
+      throw new StackerError('NOT_FOUND', `couldn't find tar base ${url}`, { pos: layer.from?.pos })
     return p
   }
-  const dir = join(ctx.s.dirs.stackerDir, 'layer-bases', 'tar', createHash('sha256').update(url).digest('hex').slice(0, 32))
+  const dir = join(
+    ctx.s.dirs.stackerDir,
+    'layer-bases',
+    'tar',
+    createHash('sha256').update(url).digest('hex').slice(0, 32),
+  )
   const file = join(dir, basename(url) || 'base.tar')
   await mkdir(dir, { recursive: true })
   if (scheme === 'stacker') {

@@ -15,7 +15,16 @@ import {
   type StackerfileSet,
 } from '@stacker/stackerfile'
 import { resolveBase, type ResolvedBase } from './bases.js'
-import { BuildCache, CACHE_VERSION, cacheKey, explainMiss, type CacheEntry, type CacheParts, type OverlayDirPart, type Origin } from './cache.js'
+import {
+  BuildCache,
+  CACHE_VERSION,
+  cacheKey,
+  explainMiss,
+  type CacheEntry,
+  type CacheParts,
+  type OverlayDirPart,
+  type Origin,
+} from './cache.js'
 import type { BuildContext, BuildOptions, BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
@@ -51,7 +60,12 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
   }
 }
 
-export async function createContext(s: Session, storage: OpenStorage, set: StackerfileSet, o: BuildOptions): Promise<BuildContext> {
+export async function createContext(
+  s: Session,
+  storage: OpenStorage,
+  set: StackerfileSet,
+  o: BuildOptions,
+): Promise<BuildContext> {
   return {
     s,
     logger: s.logger,
@@ -71,7 +85,11 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const order = layerBuildOrder(ctx.set, file, ctx.logger)
   for (const l of order)
     if (l.name.includes(':'))
-      throw new StackerError('STACKERFILE', `using ':' in the layer name (${l.name}) is forbidden due to overlay constraints`, { pos: l.pos })
+      throw new StackerError(
+        'STACKERFILE',
+        `using ':' in the layer name (${l.name}) is forbidden due to overlay constraints`,
+        { pos: l.pos },
+      )
   // Layers start as soon as what they depend on is done; tags are applied in build order so the
   // index is the same whatever the concurrency.
   const done = new Map<string, Promise<BuiltLayer>>()
@@ -154,7 +172,8 @@ async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<Over
     } catch {
       throw new StackerError('IMPORT', `Given overlay_dir ${od.source} doesn't exists`, { pos: layer.pos })
     }
-    if (!st.isDirectory()) throw new StackerError('IMPORT', `Given overlay_dir ${od.source} should be a directory`, { pos: layer.pos })
+    if (!st.isDirectory())
+      throw new StackerError('IMPORT', `Given overlay_dir ${od.source} should be a directory`, { pos: layer.pos })
     const tree = await hashTree(od.source, ctx.hashes)
     out.push({ source: od.source, dest: od.dest || '/', digest: tree.digest, entries: tree.entries })
   }
@@ -168,7 +187,13 @@ async function chainPresent(ctx: BuildContext, chain: readonly string[]): Promis
 
 function originOf(base: ResolvedBase): Origin {
   if (base.parent) return { kind: 'parent', name: base.parent.layer.name }
-  if (base.image) return { kind: 'image', layout: base.image.layout.dir, digest: base.image.descriptor.digest, contents: base.image.contents }
+  if (base.image)
+    return {
+      kind: 'image',
+      layout: base.image.layout.dir,
+      digest: base.image.descriptor.digest,
+      contents: base.image.contents,
+    }
   return { kind: 'empty' }
 }
 
@@ -194,7 +219,10 @@ export async function cachedEntry(ctx: BuildContext, layer: Layer): Promise<Cach
   return hit && (await chainPresent(ctx, hit.chain)) ? hit : undefined
 }
 
-async function buildLayer(ctx: BuildContext, layer: Layer): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]> }> {
+async function buildLayer(
+  ctx: BuildContext,
+  layer: Layer,
+): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]> }> {
   const log = ctx.logger
   log.info(`preparing image ${layer.name}...`)
   const { imports, base, overlayDirs, parts, key } = await planLayer(ctx, layer)
@@ -218,17 +246,28 @@ async function buildLayer(ctx: BuildContext, layer: Layer): Promise<{ built: Bui
 
   const ws = await ctx.store.prepareBuild(layer.name)
   const chain = [...base.chain]
+  const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
+  const overlayNote = `stacker overlay dir for ${layer.name}`
   for (const od of overlayDirs) {
     const id = `ovl_${digestHex(sha256Digest(`${od.digest}|${od.dest}`)).slice(0, 32)}`
     await ctx.store.ensureContent(id, async (dir) => {
       await copyTree(od.source, join(dir, od.dest), { contents: true })
     })
     chain.push(id)
+    chainNotes.push(overlayNote)
   }
-  for (const imp of imports) if (imp.spec.dest !== undefined) chain.push(await destImportContent(ctx, imp))
+  for (const imp of imports)
+    if (imp.spec.dest !== undefined) {
+      chain.push(await destImportContent(ctx, imp))
+      chainNotes.push(overlayNote)
+    }
   if (base.tarball) {
     log.info(`unpacking ${base.tarball}`)
-    await extractTarLayer(createReadStream(base.tarball), ws.upper, { whiteouts: 'keep', compression: 'auto', sourceDescription: base.tarball })
+    await extractTarLayer(createReadStream(base.tarball), ws.upper, {
+      whiteouts: 'keep',
+      compression: 'auto',
+      sourceDescription: base.tarball,
+    })
   }
   if (layer.run.length) {
     const importsDir = await stageImports(ctx, layer, imports)
@@ -243,6 +282,7 @@ async function buildLayer(ctx: BuildContext, layer: Layer): Promise<{ built: Bui
     const id = `d_${digestHex(key).slice(0, 40)}`
     await ctx.store.adoptContent(id, ws.upper)
     chain.push(id)
+    chainNotes.push(`stacker build of ${layer.name}`)
   }
   await rm(ws.root, { recursive: true, force: true })
 
@@ -252,6 +292,7 @@ async function buildLayer(ctx: BuildContext, layer: Layer): Promise<{ built: Bui
     key,
     parts,
     chain,
+    chainNotes,
     buildOnly: layer.buildOnly,
     origin: originOf(base),
     generatedLabels: [],

@@ -5,7 +5,7 @@ import type { Descriptor } from '@stacker/oci'
 import { changedPaths, type TreeEntry } from './hashing.js'
 
 /** Bumped whenever the meaning of a cache entry or of a generated layer changes. */
-export const CACHE_VERSION = 1
+export const CACHE_VERSION = 2
 
 export interface ImportPart {
   path: string
@@ -37,6 +37,8 @@ export interface CacheEntry {
   parts: CacheParts
   /** The layer's filesystem: content ids, bottom to top. */
   chain: string[]
+  /** For each chain entry, the history `created_by` of its layer in an image. */
+  chainNotes: string[]
   buildOnly: boolean
   /** What the layer's outputs extend: the chain entries it covers come from there. */
   origin: Origin
@@ -135,7 +137,8 @@ function nameFile(name: string): string {
 
 /** Upstream's reasons for a miss, comparing the last entry of a layer with the new parts. */
 export function explainMiss(prev: CacheParts, next: CacheParts, debug: boolean): string[] {
-  if (canonicalJson(prev.definition) !== canonicalJson(next.definition)) return ['cache miss because layer definition was changed']
+  if (canonicalJson(prev.definition) !== canonicalJson(next.definition))
+    return ['cache miss because layer definition was changed']
   if (prev.base !== next.base) return ['cache miss because base layer was changed']
   if (prev.sourceDateEpoch !== next.sourceDateEpoch) return ['cache miss because SOURCE_DATE_EPOCH changed']
   const before = new Map(prev.imports.map((i) => [i.path, i]))
@@ -145,7 +148,11 @@ export function explainMiss(prev: CacheParts, next: CacheParts, debug: boolean):
     if (i.kind === 'missing') return [`cache miss because import was missing: ${i.path}`]
     if (p.kind !== i.kind) return [`cache miss because import type changed: ${i.path}`]
     if (p.digest !== i.digest)
-      return [i.kind === 'dir' ? `cache miss because import dir content changed: ${i.path}` : `cache miss because import content changed: ${i.path}`]
+      return [
+        i.kind === 'dir'
+          ? `cache miss because import dir content changed: ${i.path}`
+          : `cache miss because import content changed: ${i.path}`,
+      ]
     if (p.dest !== i.dest) return [`cache miss because import dest changed: ${i.path}`]
   }
   const prevOd = new Map(prev.overlayDirs.map((o) => [o.source, o]))

@@ -32,7 +32,8 @@ export async function chroot(
     layer = file.layers.get(tag)
     if (!layer) throw new StackerError('NOT_FOUND', `no layer ${tag} in stackerfile`)
   } else {
-    if (tag === undefined) throw new StackerError('USAGE', `couldn't find stacker file ${o.stackerFile} and no layer given`)
+    if (tag === undefined)
+      throw new StackerError('USAGE', `couldn't find stacker file ${o.stackerFile} and no layer given`)
     s.logger.info(`couldn't find stacker file, chrooting to ${tag} as best effort`)
   }
   const storage = await openStorage(s)
@@ -65,7 +66,10 @@ export async function chroot(
 }
 
 /** `stacker grab <tag>:<path>`: copies a path out of a built layer (build_only ones too). */
-export async function grab(s: Session, o: { spec: string; stackerFile: string; substitute: string[]; dest: string }): Promise<void> {
+export async function grab(
+  s: Session,
+  o: { spec: string; stackerFile: string; substitute: string[]; dest: string },
+): Promise<void> {
   const i = o.spec.indexOf(':')
   if (i <= 0 || i === o.spec.length - 1) throw new StackerError('USAGE', `invalid grab argument: ${o.spec}`)
   const tag = o.spec.slice(0, i)
@@ -77,7 +81,8 @@ export async function grab(s: Session, o: { spec: string; stackerFile: string; s
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const src = join(snap.target, resolve('/', path))
-      if (!(await exists(src))) throw new StackerError('NOT_FOUND', `couldn't grab ${path} from ${tag}: no such file or directory`)
+      if (!(await exists(src)))
+        throw new StackerError('NOT_FOUND', `couldn't grab ${path} from ${tag}: no such file or directory`)
       const target = join(o.dest, basename(resolve('/', path)))
       await rm(target, { recursive: true, force: true })
       await copyTree(src, target)
@@ -134,7 +139,8 @@ export async function clean(s: Session): Promise<void> {
       await initStorage({ stackerDir, rootsDir, rootsDirArg })
       const lock = await acquireStorageLocks(stackerDir, rootsDir)
       try {
-        for (const m of (await listMounts(rootsDir)).sort().reverse()) await execa('umount', ['-l', m], { reject: false })
+        for (const m of (await listMounts(rootsDir)).sort().reverse())
+          await execa('umount', ['-l', m], { reject: false })
         await rm(rootsDir, { recursive: true, force: true })
       } finally {
         await lock.release()
@@ -208,7 +214,8 @@ export async function gc(s: Session): Promise<void> {
     const cache = await BuildCache.open(s.dirs.stackerDir, s.logger)
     const keep = new Set<string>()
     for (const e of await cache.all()) for (const id of e.chain) keep.add(id)
-    for (const name of await storage.store.listLayers()) for (const id of (await storage.store.readLayer(name))?.chain ?? []) keep.add(id)
+    for (const name of await storage.store.listLayers())
+      for (const id of (await storage.store.readLayer(name))?.chain ?? []) keep.add(id)
     const gone = await storage.store.gcContent(keep)
     s.logger.info(`removed ${gone.length} unused layer contents`)
   } finally {

@@ -25,8 +25,12 @@ export class HashCache {
   static async open(file: string): Promise<HashCache> {
     const c = new HashCache(file)
     try {
-      const raw = JSON.parse(await readFile(file, 'utf8')) as { version: number; entries: Array<[string, StatKey, Digest]> }
-      if (raw.version === 1 && Array.isArray(raw.entries)) for (const [p, k, d] of raw.entries) c.#entries.set(p, { k, d })
+      const raw = JSON.parse(await readFile(file, 'utf8')) as {
+        version: number
+        entries: Array<[string, StatKey, Digest]>
+      }
+      if (raw.version === 1 && Array.isArray(raw.entries))
+        for (const [p, k, d] of raw.entries) c.#entries.set(p, { k, d })
     } catch {
       // Missing or corrupt: start empty; digests are recomputed.
     }

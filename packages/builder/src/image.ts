@@ -50,11 +50,12 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
   const base = await outputBase(ctx, b.entry.origin, out)
   const layers: NewLayer[] = []
   const created = createdTime(ctx)
-  for (const id of b.entry.chain.slice(base.covered)) {
+  for (let i = base.covered; i < b.entry.chain.length; i++) {
+    const id = b.entry.chain[i] as string
     const extra = id.startsWith('ovl_') || id.startsWith('imp_')
     const p = await projectContent(ctx, id, out, { uncompressed: extra })
     if (!p) continue
-    const createdBy = extra ? `stacker overlay dir for ${b.layer.name}` : `stacker build of ${b.layer.name}`
+    const createdBy = b.entry.chainNotes[i] ?? `stacker build of ${b.layer.name}`
     layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: createdBy } })
   }
   const author = authorName(ctx)
@@ -93,7 +94,11 @@ async function outputBase(ctx: BuildContext, origin: Origin, out: OutputType): P
 
 /** A base image in the requested type: as it is when its layers already have that type (digests
  *  kept), else converted layer by layer from the extracted contents. */
-async function imageBase(ctx: BuildContext, origin: Extract<Origin, { kind: 'image' }>, out: OutputType): Promise<OutputBase> {
+async function imageBase(
+  ctx: BuildContext,
+  origin: Extract<Origin, { kind: 'image' }>,
+  out: OutputType,
+): Promise<OutputBase> {
   const src = origin.layout === ctx.layout.dir ? ctx.layout : await OciLayout.open(origin.layout, { create: false })
   const manifest = await src.readJson<Manifest>(origin.digest)
   const config = await src.readJson<ImageConfig>(manifest.config.digest)
@@ -118,7 +123,8 @@ async function imageBase(ctx: BuildContext, origin: Extract<Origin, { kind: 'ima
   if (converted.history) {
     // History entries must match the layer count: keep the empty_layer ones and one per layer.
     const nonEmpty = converted.history.filter((h) => !h.empty_layer)
-    if (nonEmpty.length !== layers.length) converted.history = layers.map((): History => ({ created_by: 'stacker conversion' }))
+    if (nonEmpty.length !== layers.length)
+      converted.history = layers.map((): History => ({ created_by: 'stacker conversion' }))
   }
   return { image: { manifest: { ...manifest, layers }, config: converted }, covered: origin.contents.length }
 }
@@ -190,7 +196,8 @@ const gitVersions = new Map<string, string | undefined>()
 
 function gitVersion(dir: string): string | undefined {
   if (gitVersions.has(dir)) return gitVersions.get(dir)
-  const git = (args: string[]) => execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
+  const git = (args: string[]) =>
+    execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
   let v: string | undefined
   try {
     try {

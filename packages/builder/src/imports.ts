@@ -41,7 +41,8 @@ export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<R
   const out: ResolvedImport[] = []
   for (const spec of layer.imports) {
     const scheme = schemeOf(spec.path)
-    const destPart = spec.dest !== undefined ? { dest: `${spec.dest}|${spec.mode ?? ''}|${spec.uid ?? ''}|${spec.gid ?? ''}` } : {}
+    const destPart =
+      spec.dest !== undefined ? { dest: `${spec.dest}|${spec.mode ?? ''}|${spec.uid ?? ''}|${spec.gid ?? ''}` } : {}
     if (scheme === 'http' || scheme === 'https') {
       const file = await download(ctx, spec)
       const hex = (await hashFile(file)).slice('sha256:'.length)
@@ -52,7 +53,8 @@ export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<R
       const src = slash < 0 ? rest : rest.slice(0, slash)
       const path = slash < 0 ? '/' : rest.slice(slash)
       const built = ctx.built.get(src)
-      if (!built) throw new StackerError('IMPORT', `couldn't find layer ${src} for import ${spec.path}`, { pos: spec.pos })
+      if (!built)
+        throw new StackerError('IMPORT', `couldn't find layer ${src} for import ${spec.path}`, { pos: spec.pos })
       out.push({
         spec,
         stacker: { layer: src, path },
@@ -119,9 +121,12 @@ async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
   try {
     res = await fetch(url, { signal: AbortSignal.timeout(600_000) })
   } catch (e) {
-    throw new StackerError('IMPORT', `couldn't download ${url}: ${(e as Error).cause ?? (e as Error).message}`, { pos: spec.pos })
+    throw new StackerError('IMPORT', `couldn't download ${url}: ${(e as Error).cause ?? (e as Error).message}`, {
+      pos: spec.pos,
+    })
   }
-  if (!res.ok || !res.body) throw new StackerError('IMPORT', `couldn't download ${url}: ${res.status} ${res.statusText}`, { pos: spec.pos })
+  if (!res.ok || !res.body)
+    throw new StackerError('IMPORT', `couldn't download ${url}: ${res.status} ${res.statusText}`, { pos: spec.pos })
   const tmp = `${file}.part-${process.pid}`
   try {
     await pipeline(Readable.fromWeb(res.body as never), createWriteStream(tmp))
@@ -136,7 +141,9 @@ async function verifyDownloaded(spec: ImportSpec, file: string): Promise<string>
   if (!spec.hash) return file
   const actual = (await hashFile(file)).slice('sha256:'.length)
   if (actual !== spec.hash)
-    throw new StackerError('HASH', `Downloaded file hash does not match. Expected: ${spec.hash} Actual: ${actual}`, { pos: spec.pos })
+    throw new StackerError('HASH', `Downloaded file hash does not match. Expected: ${spec.hash} Actual: ${actual}`, {
+      pos: spec.pos,
+    })
   return file
 }
 
@@ -152,7 +159,12 @@ export function destPlacement(path: string, dest: string): { dir: string; name: 
 
 /** Copies a resolved import's content to `target` (a path that must not exist), fetching stacker://
  *  content from the source layer's filesystem. With `contents`, the entries of a dir go into `target`. */
-export async function copyImport(ctx: BuildContext, imp: ResolvedImport, target: string, contents: boolean): Promise<void> {
+export async function copyImport(
+  ctx: BuildContext,
+  imp: ResolvedImport,
+  target: string,
+  contents: boolean,
+): Promise<void> {
   if (imp.local) {
     await copyTree(imp.local, target, { contents })
     return
@@ -164,9 +176,13 @@ export async function copyImport(ctx: BuildContext, imp: ResolvedImport, target:
   try {
     const from = join(snap.target, imp.stacker.path)
     if (!(await exists(from)))
-      throw new StackerError('IMPORT', `couldn't import ${imp.spec.path}: no such file or directory in ${imp.stacker.layer}`, {
-        pos: imp.spec.pos,
-      })
+      throw new StackerError(
+        'IMPORT',
+        `couldn't import ${imp.spec.path}: no such file or directory in ${imp.stacker.layer}`,
+        {
+          pos: imp.spec.pos,
+        },
+      )
     await copyTree(from, target, { contents })
   } finally {
     await snap.release()
@@ -188,15 +204,22 @@ export async function applyOwnership(p: string, spec: ImportSpec): Promise<void>
 }
 
 /** Puts the imports without `dest` into `<stacker-dir>/imports/<layer>/`, seen at /stacker/imports. */
-export async function stageImports(ctx: BuildContext, layer: Layer, imports: readonly ResolvedImport[]): Promise<string> {
+export async function stageImports(
+  ctx: BuildContext,
+  layer: Layer,
+  imports: readonly ResolvedImport[],
+): Promise<string> {
   const dir = join(ctx.s.dirs.stackerDir, 'imports', layer.name)
   await rm(dir, { recursive: true, force: true })
   await mkdir(dir, { recursive: true })
   for (const imp of imports) {
     if (imp.spec.dest !== undefined) continue
-    if (imp.part.kind === 'missing') throw new StackerError('IMPORT', `couldn't import ${imp.spec.path}: no such file or directory`, { pos: imp.spec.pos })
+    if (imp.part.kind === 'missing')
+      throw new StackerError('IMPORT', `couldn't import ${imp.spec.path}: no such file or directory`, {
+        pos: imp.spec.pos,
+      })
     const trailing = imp.spec.path.endsWith('/')
-    const name = basename(imp.stacker ? imp.stacker.path : imp.local ?? imp.spec.path)
+    const name = basename(imp.stacker ? imp.stacker.path : (imp.local ?? imp.spec.path))
     if (trailing) await copyImport(ctx, imp, dir, true)
     else {
       const target = join(dir, name)
@@ -211,7 +234,8 @@ export async function stageImports(ctx: BuildContext, layer: Layer, imports: rea
 export async function destImportContent(ctx: BuildContext, imp: ResolvedImport): Promise<string> {
   const spec = imp.spec
   const dest = spec.dest as string
-  if (imp.part.kind === 'missing') throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
+  if (imp.part.kind === 'missing')
+    throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
   const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
     const { dir, name } = destPlacement(spec.path, dest)

@@ -1,7 +1,15 @@
 export { build, dependenciesOf } from './build.js'
 export { chroot, grab, inspect, clean, check, gc, internalCheckOverlay } from './commands.js'
 export { publish, type PublishOptions } from './publish.js'
-export { parseLayerTypes, tagFor, LAYER_TYPES, type LayerType, type Session, type SessionDirs, type OutputType } from './types.js'
+export {
+  parseLayerTypes,
+  tagFor,
+  LAYER_TYPES,
+  type LayerType,
+  type Session,
+  type SessionDirs,
+  type OutputType,
+} from './types.js'
 export type { BuildOptions } from './context.js'
 export { containerConfig, DEFAULT_PATH_ENV } from './image.js'
 export { destPlacement } from './imports.js'

@@ -44,10 +44,12 @@ async function loadLenient(s: Session, o: PublishOptions): Promise<StackerfileSe
 /** `stacker publish`: copies built layers' images to a registry (`docker://`) or a layout (`oci:`). */
 export async function publish(s: Session, o: PublishOptions): Promise<void> {
   const { logger } = s
-  if (o.tags.length === 0) throw new StackerError('USAGE', `can't save OCI images in ${o.url} since list of tags is empty`)
+  if (o.tags.length === 0)
+    throw new StackerError('USAGE', `can't save OCI images in ${o.url} since list of tags is empty`)
   const kind = o.url.startsWith('oci:') ? 'oci' : o.url.startsWith('docker://') ? 'docker' : undefined
   if (!kind) throw new StackerError('USAGE', `unknown image source type: ${o.url}`)
-  if (!(await exists(s.dirs.ociDir))) throw new StackerError('NOT_FOUND', `oci dir ${s.dirs.ociDir} does not exist: build first`)
+  if (!(await exists(s.dirs.ociDir)))
+    throw new StackerError('NOT_FOUND', `oci dir ${s.dirs.ociDir} does not exist: build first`)
   const set = await loadLenient(s, o)
   const storage = await openStorage(s)
   try {
@@ -83,18 +85,25 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
           continue
         }
         if (o.images.length && !o.images.includes(name)) continue
-        if (!ctx.built.has(name) && !o.force) throw new StackerError('CACHE', `layer needs to be rebuilt before publishing: ${name}`)
+        if (!ctx.built.has(name) && !o.force)
+          throw new StackerError('CACHE', `layer needs to be rebuilt before publishing: ${name}`)
         for (const tag of o.tags)
           for (const type of o.layerTypes) {
             const src = tagFor(name, type)
             const dest =
-              kind === 'docker' ? `${o.url.replace(/\/+$/, '')}/${name}:${tagFor(tag, type)}` : `${o.url}:${name}_${tagFor(tag, type)}`
+              kind === 'docker'
+                ? `${o.url.replace(/\/+$/, '')}/${name}:${tagFor(tag, type)}`
+                : `${o.url}:${name}_${tagFor(tag, type)}`
             if (o.showOnly) {
               logger.info(`would publish: ${given} ${name} to ${dest}`)
               continue
             }
             const desc = await ctx.layout.getTag(src)
-            if (!desc) throw new StackerError('NOT_FOUND', `no image ${src} in ${s.dirs.ociDir}: build it with --layer-type ${type}`)
+            if (!desc)
+              throw new StackerError(
+                'NOT_FOUND',
+                `no image ${src} in ${s.dirs.ociDir}: build it with --layer-type ${type}`,
+              )
             logger.info(`publishing ${given} ${name} to ${dest}`)
             if (kind === 'docker') {
               const ref = parseImageRef(dest)
@@ -103,7 +112,14 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
                 ...(o.credentials ? { credentials: o.credentials } : {}),
                 logger,
               })
-              await pushImage({ layout: ctx.layout, source: src, ref, tags: [ref.tag ?? tagFor(tag, type)], client, logger })
+              await pushImage({
+                layout: ctx.layout,
+                source: src,
+                ref,
+                tags: [ref.tag ?? tagFor(tag, type)],
+                client,
+                logger,
+              })
             } else {
               const rest = dest.slice('oci:'.length)
               const i = rest.lastIndexOf(':')

@@ -11,7 +11,10 @@ import type { BuildContext } from './context.js'
  *  already held are not fetched again, and when the registry cannot be reached a cached copy is used. */
 export async function pullBase(ctx: BuildContext, layer: Layer, url: string): Promise<BaseImage> {
   const ref = parseImageRef(url)
-  const layout = await OciLayout.open(join(ctx.s.dirs.stackerDir, 'layer-bases', 'oci'), { create: true, logger: ctx.logger })
+  const layout = await OciLayout.open(join(ctx.s.dirs.stackerDir, 'layer-bases', 'oci'), {
+    create: true,
+    logger: ctx.logger,
+  })
   const cacheTag = `b${createHash('sha256').update(`${ref.toString()}|${layer.os}|${layer.arch}`).digest('hex').slice(0, 40)}`
   const cached = await layout.getTag(cacheTag)
   let descriptor = cached
@@ -34,7 +37,9 @@ export async function pullBase(ctx: BuildContext, layer: Layer, url: string): Pr
       })
     } catch (e) {
       const err = e instanceof StackerError ? e : new StackerError('REGISTRY', String(e))
-      const unreachable = err.code === 'REGISTRY' && /refused|unknown host|timed out|ECONN|ENOTFOUND|EAI_AGAIN|unreachable/i.test(err.message)
+      const unreachable =
+        err.code === 'REGISTRY' &&
+        /refused|unknown host|timed out|ECONN|ENOTFOUND|EAI_AGAIN|unreachable/i.test(err.message)
       if (!cached || !unreachable) throw err
       ctx.logger.warn(`${err.message}; using the cached copy of ${url} (${cached.digest})`)
       descriptor = cached

@@ -44,7 +44,10 @@ function importMounts(layer: Layer, importsDir: string): { mounts: BindMount[]; 
       ],
       script: `/stacker/${RUN_SCRIPT}`,
     }
-  return { mounts: [{ source: importsDir, dest: '/stacker/imports', readonly: true }], script: `/stacker/imports/${RUN_SCRIPT}` }
+  return {
+    mounts: [{ source: importsDir, dest: '/stacker/imports', readonly: true }],
+    script: `/stacker/imports/${RUN_SCRIPT}`,
+  }
 }
 
 function outputSink(ctx: BuildContext, layer: Layer): (chunk: Uint8Array) => void {
@@ -105,13 +108,20 @@ export async function runScript(
         logger: ctx.logger,
       })
     }
-    throw new StackerError('RUN_FAILED', `run commands failed for image ${JSON.stringify(layer.name)} in ${JSON.stringify(layer.file)}: execute failed: ${status}`)
+    throw new StackerError(
+      'RUN_FAILED',
+      `run commands failed for image ${JSON.stringify(layer.name)} in ${JSON.stringify(layer.file)}: execute failed: ${status}`,
+    )
   }
 }
 
 /** Runs `generate_labels` in a throwaway snapshot of the finished layer; every file the script writes
  *  into /stacker/oci-labels becomes a label. Only PATH is set; no imports, build env or binds. */
-export async function generateLabels(ctx: BuildContext, layer: Layer, chain: readonly string[]): Promise<Array<[string, string]>> {
+export async function generateLabels(
+  ctx: BuildContext,
+  layer: Layer,
+  chain: readonly string[],
+): Promise<Array<[string, string]>> {
   return withTempDir(
     'stacker-labels-',
     async (dir) => {
@@ -145,7 +155,8 @@ export async function generateLabels(ctx: BuildContext, layer: Layer, chain: rea
         await snap.release()
       }
       const out: Array<[string, string]> = []
-      for (const name of (await readdir(labelsDir)).sort()) out.push([name, await readFile(join(labelsDir, name), 'utf8')])
+      for (const name of (await readdir(labelsDir)).sort())
+        out.push([name, await readFile(join(labelsDir, name), 'utf8')])
       await rm(labelsDir, { recursive: true, force: true })
       return out
     },

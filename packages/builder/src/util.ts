@@ -27,7 +27,11 @@ export async function exists(p: string): Promise<boolean> {
 }
 
 /** Runs `fn` over `items` with at most `limit` at once, keeping result order. */
-export async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T, i: number) => Promise<R>): Promise<R[]> {
+export async function mapLimit<T, R>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T, i: number) => Promise<R>,
+): Promise<R[]> {
   const out = new Array<R>(items.length)
   let next = 0
   const worker = async () => {

@@ -118,9 +118,13 @@ describe('containerConfig', () => {
 describe('explainMiss', () => {
   const base: CacheParts = { definition: { a: 1 }, base: 'b', sourceDateEpoch: null, imports: [], overlayDirs: [] }
   it('names what changed, in upstream order', () => {
-    expect(explainMiss(base, { ...base, definition: { a: 2 } }, false)).toEqual(['cache miss because layer definition was changed'])
+    expect(explainMiss(base, { ...base, definition: { a: 2 } }, false)).toEqual([
+      'cache miss because layer definition was changed',
+    ])
     expect(explainMiss(base, { ...base, base: 'c' }, false)).toEqual(['cache miss because base layer was changed'])
-    expect(explainMiss(base, { ...base, sourceDateEpoch: 5 }, false)).toEqual(['cache miss because SOURCE_DATE_EPOCH changed'])
+    expect(explainMiss(base, { ...base, sourceDateEpoch: 5 }, false)).toEqual([
+      'cache miss because SOURCE_DATE_EPOCH changed',
+    ])
     const withImp: CacheParts = { ...base, imports: [{ path: '/f', kind: 'file', digest: 'x' }] }
     expect(explainMiss(base, withImp, false)).toEqual(['cache miss because of new import: /f'])
     expect(explainMiss(withImp, { ...base, imports: [{ path: '/f', kind: 'file', digest: 'y' }] }, false)).toEqual([

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { chmod, chown, link, lutimes, mkdir, readFile, symlink, utimes, writeFile } from 'node:fs/promises'
+import { chmod, chown, link, lutimes, mkdir, readdir, readFile, symlink, utimes, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import { setAttribute } from '@napi-rs/xattr'
@@ -143,7 +143,10 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     // the long path sorts first, so it holds the data and deep-hardlink is the link (PAX linkpath)
     expect(after['deep-hardlink']!.sameAs).toBe([...LONG_PATH_DIRS, 'g'.repeat(60)].join('/'))
     expect(after['owned']).toMatchObject({ uid: 3_000_000, gid: 3_000_001, mode: 0o750 })
-    expect(after['a/plain.txt']!.xattrs).toEqual([`user.bin=0001ff0a3d`, `user.foo=${Buffer.from('bar').toString('hex')}`])
+    expect(after['a/plain.txt']!.xattrs).toEqual([
+      `user.bin=0001ff0a3d`,
+      `user.foo=${Buffer.from('bar').toString('hex')}`,
+    ])
   })
 
   it('writes sorted entries with numeric owners only, relative names and PAX for long names', async () => {
@@ -294,6 +297,14 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     expect(listing).toMatch(/^crw-rw-rw- 0\/0 +1,3 .* dev\/null$/m)
     expect(listing).toMatch(/^drwxr-x--- 3000000\/3000001 .* owned\/$/m)
     expect(listing).toContain('héllo wörld.txt')
+
+    // and GNU tar extracts it to the same tree, xattrs, devices and hard links included
+    const out = join(work, 'gnu-out')
+    await mkdir(out)
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--numeric-owner', '-xpzf', path, '-C', out])
+    const before = await snapshot(src)
+    before['a/plain.txt']!.xattrs = before['a/plain.txt']!.xattrs!.filter((x) => !x.startsWith('user.overlay.'))
+    expect(await snapshot(out)).toEqual(before)
   })
 
   it('round-trips through zstd', async () => {
@@ -326,6 +337,67 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     expect(result!.diffId).toBe(result!.descriptor.digest)
     expect(result!.descriptor.annotations).toBeUndefined()
     expect(data.length % 512).toBe(0)
+  })
+
+  it('fails with LAYER naming the file when a name is not UTF-8, through gzip', async () => {
+    const src = join(work, 'src')
+    await mkdir(join(src, 'd'), { recursive: true })
+    await writeFile(join(src, 'a-first'), randomBytes(300_000))
+    await writeFile(Buffer.from(`${join(src, 'd')}/\xff-latin1`, 'latin1'), 'x')
+    const sink = fileSink(join(work, 'blob'))
+    await expect(writeTarLayer(src, sink, { compression: 'gzip' })).rejects.toMatchObject({
+      code: 'LAYER',
+      message: expect.stringMatching(/d\/.-latin1: file name is not UTF-8/),
+    })
+    expect(sink.state()).toBe('aborted')
+  })
+
+  it('leaves no zstd child behind when the sink or the walk fails', async () => {
+    const zstdChildren = async () => {
+      const out: string[] = []
+      for (const pid of await readdir('/proc')) {
+        if (!/^\d+$/.test(pid)) continue
+        const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')
+        const m = /^\d+ \((.*)\) (\S) (\d+)/.exec(stat)
+        if (m && m[1] === 'zstd' && Number(m[3]) === process.pid) out.push(`${pid}:${m[2]}`)
+      }
+      return out
+    }
+    const noZstdLeft = async () => {
+      // SIGKILL is immediate, but the child is reaped asynchronously
+      let left = await zstdChildren()
+      for (let i = 0; i < 50 && left.length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 20))
+        left = await zstdChildren()
+      }
+      expect(left).toEqual([])
+    }
+    const src = join(work, 'src')
+    await mkdir(join(src, 'd'), { recursive: true })
+    await writeFile(join(src, 'a'), randomBytes(4 << 20))
+
+    let aborted = false
+    const failing = {
+      write: async () => {
+        throw new Error('disk full')
+      },
+      commit: async () => {
+        throw new Error('not reached')
+      },
+      abort: async () => {
+        aborted = true
+      },
+    }
+    await expect(writeTarLayer(src, failing, { compression: 'zstd' })).rejects.toThrow('disk full')
+    expect(aborted).toBe(true)
+    await noZstdLeft()
+
+    // the walk fails while zstd still waits for input: it must be killed, not left waiting
+    await writeFile(Buffer.from(`${join(src, 'd')}/\xff`, 'latin1'), 'x')
+    const sink = fileSink(join(work, 'blob'))
+    await expect(writeTarLayer(src, sink, { compression: 'zstd' })).rejects.toMatchObject({ code: 'LAYER' })
+    expect(sink.state()).toBe('aborted')
+    await noZstdLeft()
   })
 
   it('aborts the sink and names the file when the tree cannot be read', async () => {

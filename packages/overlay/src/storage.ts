@@ -17,7 +17,10 @@ const OVERLAYFS_SUPER_MAGIC = 0x794c7630
 export async function initStorage(opts: { stackerDir: string; rootsDir: string; rootsDirArg?: string }): Promise<void> {
   const given = opts.rootsDirArg ?? opts.rootsDir
   if (given.includes(':')) {
-    throw new StackerError('USAGE', `using ':' in the name of --roots-dir (${given}) is forbidden due to overlay constraints`)
+    throw new StackerError(
+      'USAGE',
+      `using ':' in the name of --roots-dir (${given}) is forbidden due to overlay constraints`,
+    )
   }
   await mkdir(opts.rootsDir, { recursive: true })
   const typeFile = join(opts.stackerDir, 'storage.type')

@@ -80,7 +80,8 @@ async function readAuthFile(path: string): Promise<Record<string, unknown> | und
   if (typeof parsed !== 'object' || parsed === null) throw new StackerError('AUTH', `reading ${path}: not an object`)
   const auths = (parsed as { auths?: unknown }).auths
   if (auths === undefined) return {}
-  if (typeof auths !== 'object' || auths === null) throw new StackerError('AUTH', `reading ${path}: "auths" is not an object`)
+  if (typeof auths !== 'object' || auths === null)
+    throw new StackerError('AUTH', `reading ${path}: "auths" is not an object`)
   return auths as Record<string, unknown>
 }
 

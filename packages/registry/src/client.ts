@@ -195,7 +195,11 @@ export class RegistryClient {
     const entry = this.#pickPlatform(top.bytes, wanted)
     const child = await this.#fetchManifest('pulling', entry.digest, entry)
     if (!isManifestMediaType(child.descriptor.mediaType)) {
-      throw this.#error('pulling', 'REGISTRY', `${entry.digest} in the index is a ${child.descriptor.mediaType}, not an image manifest`)
+      throw this.#error(
+        'pulling',
+        'REGISTRY',
+        `${entry.digest} in the index is a ${child.descriptor.mediaType}, not an image manifest`,
+      )
     }
     const descriptor: Descriptor = { ...child.descriptor }
     if (entry.platform) descriptor.platform = entry.platform
@@ -301,7 +305,8 @@ export class RegistryClient {
       access: 'pull',
       headers: { Accept: MANIFEST_ACCEPT },
     })
-    if (res.statusCode !== 200) throw await this.#statusError(action, res, isDigest(reference) ? `manifest ${reference}` : '')
+    if (res.statusCode !== 200)
+      throw await this.#statusError(action, res, isDigest(reference) ? `manifest ${reference}` : '')
     let bytes: Buffer
     try {
       bytes = await readBody(res, MAX_MANIFEST_BYTES)
@@ -317,7 +322,11 @@ export class RegistryClient {
       throw this.#error(action, 'DIGEST', `manifest ${want} does not match its digest (got ${digest})`)
     }
     if (expected && expected.size !== bytes.byteLength) {
-      throw this.#error(action, 'DIGEST', `manifest ${digest} is ${bytes.byteLength} bytes, the index says ${expected.size}`)
+      throw this.#error(
+        action,
+        'DIGEST',
+        `manifest ${digest} is ${bytes.byteLength} bytes, the index says ${expected.size}`,
+      )
     }
     let parsed: { mediaType?: unknown; schemaVersion?: unknown; manifests?: unknown; layers?: unknown }
     try {
@@ -770,7 +779,7 @@ export class RegistryClient {
       default:
         retryable = false
         if (code && (TLS_CODES.has(code) || code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS'))) {
-          detail = `TLS error: ${oneLine((e as Error).message)}`
+          detail = `TLS error: ${tlsReason(e as Error)}`
           hint = 'use --skip-tls for a registry without a verified certificate'
         } else {
           detail = oneLine(e instanceof Error ? e.message : String(e))
@@ -779,6 +788,12 @@ export class RegistryClient {
     const err = this.#error(action, 'REGISTRY', `${prefix}${detail}`, { cause: e, ...(hint ? { hint } : {}) })
     return retryable ? markRetryable(err) : err
   }
+}
+
+/** OpenSSL's reason without its file and line noise; a plain-http server is named as such. */
+function tlsReason(e: Error): string {
+  const reason = /SSL routines:[^:]*:([^:]+):/.exec(e.message)?.[1] ?? oneLine(e.message)
+  return reason === 'wrong version number' ? `${reason} (the server does not speak TLS)` : reason
 }
 
 function basic(c: Credentials): string {

@@ -11,7 +11,10 @@ export const DEFAULT_STACKERFILE_PATTERN = '\\/stacker.yaml$'
  * lexical order without following symlinks and descending into hidden dirs too. Sorted. Throws
  * USAGE when the dir doesn't exist or the pattern doesn't compile.
  */
-export async function findStackerfiles(searchDir: string, pattern: string = DEFAULT_STACKERFILE_PATTERN): Promise<string[]> {
+export async function findStackerfiles(
+  searchDir: string,
+  pattern: string = DEFAULT_STACKERFILE_PATTERN,
+): Promise<string[]> {
   const root = resolve(searchDir)
   let re: RegExp
   try {

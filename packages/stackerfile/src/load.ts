@@ -33,7 +33,9 @@ async function readSource(pathOrUrl: string): Promise<string> {
   try {
     return await readFile(pathOrUrl, 'utf8')
   } catch (e) {
-    throw new StackerError('STACKERFILE', `couldn't read stacker file: ${goIoError(e, 'open', pathOrUrl)}`, { cause: e })
+    throw new StackerError('STACKERFILE', `couldn't read stacker file: ${goIoError(e, 'open', pathOrUrl)}`, {
+      cause: e,
+    })
   }
 }
 

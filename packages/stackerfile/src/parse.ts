@@ -38,8 +38,7 @@ const DIRECTIVES = new Set(LAYER_DIRECTIVES)
 const IMAGE_SOURCE_FIELDS = new Set(['type', 'url', 'tag', 'insecure'])
 
 /** Non-build-only layers become OCI refs (section 2.2 of the reference). */
-export const OCI_REF_RE =
-  /^([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*)(\/([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*))*$/
+export const OCI_REF_RE = /^([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*)(\/([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*))*$/
 
 export interface ParseOptions {
   /** Absolute path or URL: names the file in messages and positions. */
@@ -205,6 +204,19 @@ function yamlTag(n: Node | null): string {
 /** Parses the (already substituted) text of one stackerfile. Pure and synchronous; throws
  *  StackerError (STACKERFILE, with a position) on any problem. */
 export function parseStackerfileText(text: string, opts: ParseOptions): ParsedStackerfile {
+  try {
+    return parseText(text, opts)
+  } catch (e) {
+    // Pathological nesting (thousands of chained merge keys) exhausts the stack; that is a property
+    // of the document, not a bug, so it gets reported like any other unparseable file.
+    if (e instanceof RangeError) {
+      throw new StackerError('STACKERFILE', `couldn't parse stacker file ${opts.path}: ${e.message}`, { cause: e })
+    }
+    throw e
+  }
+}
+
+function parseText(text: string, opts: ParseOptions): ParsedStackerfile {
   const p: FileParser = new FileParser(text, opts)
   const { path } = opts
   if (p.y.error) p.fail(`couldn't parse stacker file ${path}: ${p.y.error.message}`, p.y.error.offset)
@@ -360,10 +372,7 @@ function parseLayer(p: FileParser, name: string, e: Entry): Layer {
       return d.value.items.map((item) => {
         const v = p.deref(item as Node)
         if (!isScalar(v) || typeof v.value !== 'string') {
-          p.fail(
-            `unknown run array type: ${goTypeName(v, p.y.doc)}`,
-            p.offsetOf(v ?? (item as Node), d.valueOffset),
-          )
+          p.fail(`unknown run array type: ${goTypeName(v, p.y.doc)}`, p.offsetOf(v ?? (item as Node), d.valueOffset))
         }
         return v.value
       })
@@ -547,7 +556,8 @@ function parseLayer(p: FileParser, name: string, e: Entry): Layer {
 }
 
 function checkLayerName(p: FileParser, name: string, buildOnly: boolean, offset: number): void {
-  if (name.includes(':')) p.fail(`using ':' in the layer name (${name}) is forbidden due to overlay constraints`, offset)
+  if (name.includes(':'))
+    p.fail(`using ':' in the layer name (${name}) is forbidden due to overlay constraints`, offset)
   // Layer names become directory names under roots/: nothing may climb out of it.
   if (name === '' || name.includes('\0') || name.split('/').some((s) => s === '.' || s === '..' || s === '')) {
     p.fail(`stackerfile: invalid layer name ${goQuote(name)}`, offset)
@@ -561,8 +571,7 @@ function checkLayerName(p: FileParser, name: string, buildOnly: boolean, offset:
 }
 
 function parseBind(p: FileParser, v: Node | null, at: number): { source: string; dest: string } {
-  const bindType = (source: string, dest: string) =>
-    `&types.bindType{Source:${goQuote(source)}, Dest:${goQuote(dest)}}`
+  const bindType = (source: string, dest: string) => `&types.bindType{Source:${goQuote(source)}, Dest:${goQuote(dest)}}`
   if (v === null) p.fail(`unexpected 'bind': missing required field 'source': ${bindType('', '')}`, at)
   if (isMap(v)) {
     let source = ''
@@ -646,7 +655,8 @@ function parseImports(p: FileParser, d: Entry): ParsedImport[] {
       for (const key of ['mode', 'uid', 'gid'] as const) {
         const f = byName.get(key)
         if (!f) continue
-        if (!isScalar(f.value) || !isGoInt(f.value)) fail(`value for '${key}' in import is not an integer: ${sharp(item)}`)
+        if (!isScalar(f.value) || !isGoInt(f.value))
+          fail(`value for '${key}' in import is not an integer: ${sharp(item)}`)
         const n = Number(f.value.value)
         if (key === 'mode') mode = n
         else if (key === 'uid') uid = n
@@ -654,9 +664,9 @@ function parseImports(p: FileParser, d: Entry): ParsedImport[] {
       }
       if (path === '') fail(`No 'path' entry found in import: ${sharp(item)}`)
       if (dest !== '' && !dest.startsWith('/')) fail(`'dest' path cannot be relative for: ${sharp(item)}`)
-      const plain = goFormat(item, { sharp: false, doc: p.y.doc })
-      if (uid !== -1 && uid < 0) fail(`'uid' (${uid}) cannot be negative: ${plain}`)
-      if (gid !== -1 && gid < 0) fail(`'gid' (${gid}) cannot be negative: ${plain}`)
+      const plain = () => goFormat(item, { sharp: false, doc: p.y.doc })
+      if (uid !== -1 && uid < 0) fail(`'uid' (${uid}) cannot be negative: ${plain()}`)
+      if (gid !== -1 && gid < 0) fail(`'gid' (${gid}) cannot be negative: ${plain()}`)
     } else {
       fail(`could not read imports entry: ${sharp(item)}`)
     }

@@ -31,9 +31,13 @@ export async function buildSubstitutions(opts: {
     try {
       raw = await readFile(file, 'utf8')
     } catch (e) {
-      throw new StackerError('SUBSTITUTION', `unable to read substitute-file:${file}, err:${goIoError(e, 'open', file)}`, {
-        cause: e,
-      })
+      throw new StackerError(
+        'SUBSTITUTION',
+        `unable to read substitute-file:${file}, err:${goIoError(e, 'open', file)}`,
+        {
+          cause: e,
+        },
+      )
     }
     const given = new Set(out.map((s) => keyOf(s)))
     const fromFile = parseSubstituteFile(raw, file)
@@ -70,7 +74,8 @@ function parseSubstituteFile(raw: string, file: string): Map<string, string> {
     const key = pair.key
     const value = pair.value
     if (!isScalar(key)) return fail('keys must be scalars', rangeStart(key))
-    if (value !== null && !isScalar(value)) return fail(`value of ${scalarString(key)} must be a scalar`, rangeStart(value))
+    if (value !== null && !isScalar(value))
+      return fail(`value of ${scalarString(key)} must be a scalar`, rangeStart(value))
     out.set(scalarString(key), value === null ? '' : scalarString(value))
   }
   return out

@@ -1,4 +1,15 @@
-import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, visit, type Alias, type Document, type Node } from 'yaml'
+import {
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseDocument,
+  visit,
+  type Alias,
+  type Document,
+  type Node,
+} from 'yaml'
 
 /** yaml.v2 (what upstream parses with) resolves YAML 1.1 scalars: `0777` is octal, `yes` is a bool.
  *  It does not turn `1:20` into a sexagesimal number or dates into timestamps, so those tags go. */

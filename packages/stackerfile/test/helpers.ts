@@ -3,10 +3,7 @@ import { type ParsedStackerfile, parseStackerfileText } from '../src/index.js'
 
 export const FILE = '/proj/stacker.yaml'
 
-export function parse(
-  text: string,
-  opts: { requireHash?: boolean; records?: LogRecord[] } = {},
-): ParsedStackerfile {
+export function parse(text: string, opts: { requireHash?: boolean; records?: LogRecord[] } = {}): ParsedStackerfile {
   const logger = memoryLogger()
   try {
     return parseStackerfileText(text, {

@@ -1,3 +1,4 @@
+/** biome-ignore-all lint/suspicious/noTemplateCurlyInString: stacker placeholders (${{X}}, ${X}) are the subject of these tests */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -96,7 +97,10 @@ describe('loadStackerfile', () => {
     })
 
     it('a URL prerequisite', async () => {
-      const p = await write('stacker.yaml', `config:\n  prerequisites: ["${base}/stacker.yaml"]\nlocal:\n  from: {type: built, tag: remote}\n`)
+      const p = await write(
+        'stacker.yaml',
+        `config:\n  prerequisites: ["${base}/stacker.yaml"]\nlocal:\n  from: {type: built, tag: remote}\n`,
+      )
       const set = await loadStackerfiles([p], opts)
       expect(set.order.map((f) => f.path)).toEqual([`${base}/stacker.yaml`, p])
       expect(set.findLayer('remote')?.file).toBe(`${base}/stacker.yaml`)
@@ -112,7 +116,10 @@ describe('loadStackerfiles', () => {
       'sub2/stacker.yaml',
       `config:\n  prerequisites:\n    - ../sub1/stacker.yaml\n    - ${s3}\nl2:\n  from: {type: built, tag: l1}\n`,
     )
-    const top = await write('stacker.yaml', 'config:\n  prerequisites: [sub2/stacker.yaml]\ntop:\n  from: {type: built, tag: l2}\n')
+    const top = await write(
+      'stacker.yaml',
+      'config:\n  prerequisites: [sub2/stacker.yaml]\ntop:\n  from: {type: built, tag: l2}\n',
+    )
     const set = await loadStackerfiles([top], opts)
     expect([...set.files.keys()].sort()).toEqual([s1, s2, s3, top].sort())
     expect(set.order.map((f) => f.path)).toEqual([s1, s3, s2, top])
@@ -141,8 +148,14 @@ describe('loadStackerfiles', () => {
   })
 
   it('a prerequisite cycle is an error naming it, not a hang', async () => {
-    const a = await write('a/stacker.yaml', 'config:\n  prerequisites: [../b/stacker.yaml]\nla:\n  from: {type: scratch}\n')
-    const b = await write('b/stacker.yaml', 'config:\n  prerequisites: [../a/stacker.yaml]\nlb:\n  from: {type: scratch}\n')
+    const a = await write(
+      'a/stacker.yaml',
+      'config:\n  prerequisites: [../b/stacker.yaml]\nla:\n  from: {type: scratch}\n',
+    )
+    const b = await write(
+      'b/stacker.yaml',
+      'config:\n  prerequisites: [../a/stacker.yaml]\nlb:\n  from: {type: scratch}\n',
+    )
     const e = await loadError([a])
     expect(e.message).toBe(`prerequisite cycle: ${a} -> ${b} -> ${a}`)
     expect(e.pos).toEqual({ file: b, line: 2, col: 19 })
@@ -152,8 +165,14 @@ describe('loadStackerfiles', () => {
 
   it('a diamond is not a cycle', async () => {
     await write('base/stacker.yaml', 'base:\n  from: {type: scratch}\n')
-    await write('l/stacker.yaml', 'config:\n  prerequisites: [../base/stacker.yaml]\nl:\n  from: {type: built, tag: base}\n')
-    await write('r/stacker.yaml', 'config:\n  prerequisites: [../base/stacker.yaml]\nr:\n  from: {type: built, tag: base}\n')
+    await write(
+      'l/stacker.yaml',
+      'config:\n  prerequisites: [../base/stacker.yaml]\nl:\n  from: {type: built, tag: base}\n',
+    )
+    await write(
+      'r/stacker.yaml',
+      'config:\n  prerequisites: [../base/stacker.yaml]\nr:\n  from: {type: built, tag: base}\n',
+    )
     const top = await write(
       'stacker.yaml',
       'config:\n  prerequisites: [l/stacker.yaml, r/stacker.yaml]\ntop:\n  from: {type: built, tag: l}\n',
@@ -187,6 +206,8 @@ describe('loadStackerfiles', () => {
     const p = await write('stacker.yaml', 'x:\n  from: {type: scratch}\n  import: [a]\n')
     const logger = memoryLogger()
     await loadStackerfiles([p], { substitutions: [], logger })
-    expect(logger.lines('warn')[0]).toMatch(/^'import' directive used in layer 'x' inside file '.*stacker.yaml' is deprecated/)
+    expect(logger.lines('warn')[0]).toMatch(
+      /^'import' directive used in layer 'x' inside file '.*stacker.yaml' is deprecated/,
+    )
   })
 })

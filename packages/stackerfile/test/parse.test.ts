@@ -7,7 +7,15 @@ const HASH = 'abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789'
 describe('top level', () => {
   it('keeps file order and the config section apart', () => {
     const sf = parse(
-      ['zeta:', '  from: {type: scratch}', 'config:', '  prerequisites: [a/b.yaml, /abs/c.yaml]', 'alpha:', '  from: {type: scratch}', ''].join('\n'),
+      [
+        'zeta:',
+        '  from: {type: scratch}',
+        'config:',
+        '  prerequisites: [a/b.yaml, /abs/c.yaml]',
+        'alpha:',
+        '  from: {type: scratch}',
+        '',
+      ].join('\n'),
     )
     expect(sf.fileOrder).toEqual(['zeta', 'alpha'])
     expect([...sf.layers.keys()]).toEqual(['zeta', 'alpha'])
@@ -59,7 +67,9 @@ describe('top level', () => {
     expect(parseError('config:\n  prerequisites: 3\n')).toBe(
       "stackerfile: cannot interpret 'config' value, note the 'config' section in the stackerfile cannot contain a layer definition [{prerequisites 3}] @2:3",
     )
-    expect(parseError('config:\n  prerequisites:\n    - {a: b}\n')).toMatch(/cannot contain a layer definition \[\{prerequisites \[\[\{a b\}\]\]\}\] @2:3$/)
+    expect(parseError('config:\n  prerequisites:\n    - {a: b}\n')).toMatch(
+      /cannot contain a layer definition \[\{prerequisites \[\[\{a b\}\]\]\}\] @2:3$/,
+    )
     // unknown keys under config are ignored, as upstream does
     expect(parse('config:\n  other: 1\n').prerequisites).toEqual([])
     expect(parse('config:\n').prerequisites).toEqual([])
@@ -184,7 +194,9 @@ describe('layer shape', () => {
       /'build_env_passthrough' must be a list of strings, found !!str @3:26$/,
     )
     expect(parseError('foo:\n  from: {type: scratch}\n  overlay_dirs: {source: x}\n')).toMatch(/found !!map @3:17$/)
-    expect(parseError('foo:\n  from: {type: scratch}\n  binds: /a\n')).toMatch(/'binds' must be a list, found !!str @3:10$/)
+    expect(parseError('foo:\n  from: {type: scratch}\n  binds: /a\n')).toMatch(
+      /'binds' must be a list, found !!str @3:10$/,
+    )
     expect(parseError('foo:\n  from: {type: scratch}\n  bom: 3\n')).toMatch(/'bom' must be a map, found !!int @3:8$/)
   })
 })
@@ -211,7 +223,9 @@ describe('layer names', () => {
     expect(parseError('"../x":\n  from: {type: scratch}\n  build_only: true\n')).toBe(
       'stackerfile: invalid layer name "../x" @1:1',
     )
-    expect(parseError('"":\n  from: {type: scratch}\n  build_only: true\n')).toBe('stackerfile: invalid layer name "" @1:1')
+    expect(parseError('"":\n  from: {type: scratch}\n  build_only: true\n')).toBe(
+      'stackerfile: invalid layer name "" @1:1',
+    )
   })
 })
 
@@ -292,7 +306,9 @@ describe('imports', () => {
     expect(imp(`    - {path: f, hash: ${'g'.repeat(64)}}\n`).error()).toBe(
       `Given hash ${'g'.repeat(64)} is not valid: invalid checksum digest format @4:7`,
     )
-    expect(imp(`    - {path: f, hash: "sha256:${HASH.slice(7)}"}\n`).error()).toMatch(/is not valid: invalid checksum digest format/)
+    expect(imp(`    - {path: f, hash: "sha256:${HASH.slice(7)}"}\n`).error()).toMatch(
+      /is not valid: invalid checksum digest format/,
+    )
   })
 
   it('--require-hash wants a hash on http(s) imports, but not on the legacy import:', () => {
@@ -302,8 +318,14 @@ describe('imports', () => {
     expect(imp('    - {path: "https://h/y"}\n', { requireHash: true }).error()).toBe(
       'Remote import needs a hash in yaml for path: https://h/y @4:7',
     )
-    expect(parse(`foo:\n  from: {type: scratch}\n  imports:\n    - {path: "https://h/y", hash: ${HASH}}\n    - local\n`, { requireHash: true }).fileOrder).toEqual(['foo'])
-    expect(parse('foo:\n  from: {type: scratch}\n  import:\n    - http://h/x\n', { requireHash: true }).fileOrder).toEqual(['foo'])
+    expect(
+      parse(`foo:\n  from: {type: scratch}\n  imports:\n    - {path: "https://h/y", hash: ${HASH}}\n    - local\n`, {
+        requireHash: true,
+      }).fileOrder,
+    ).toEqual(['foo'])
+    expect(
+      parse('foo:\n  from: {type: scratch}\n  import:\n    - http://h/x\n', { requireHash: true }).fileOrder,
+    ).toEqual(['foo'])
   })
 
   it('legacy import: is converted with a warning, and cannot be mixed with imports', () => {
@@ -363,7 +385,9 @@ describe('other directives', () => {
     const b = (item: string) => parseError(`foo:\n  from: {type: scratch}\n  binds:\n    - ${item}\n`)
     expect(b('/a => /b')).toBe('invalid Bind: /a => /b @4:7')
     expect(b('/a /b')).toBe('invalid Bind: /a /b @4:7')
-    expect(b('{dest: /x}')).toBe(`unexpected 'bind': missing required field 'source': &types.bindType{Source:"", Dest:"/x"} @4:7`)
+    expect(b('{dest: /x}')).toBe(
+      `unexpected 'bind': missing required field 'source': &types.bindType{Source:"", Dest:"/x"} @4:7`,
+    )
     expect(b('[a]')).toBe(`unexpected 'bind' data of type: []interface {}: []interface {}{"a"} @4:7`)
   })
 
@@ -485,6 +509,8 @@ describe('other directives', () => {
     const records: LogRecord[] = []
     const l = parse('foo:\n  from: {type: scratch}\n  run: a\n  run: b\n', { records }).layers.get('foo')!
     expect(l.run).toEqual(['b'])
-    expect(records.map((r) => r.msg)).toEqual(['stackerfile: directive run appears twice in layer foo, the last one is used'])
+    expect(records.map((r) => r.msg)).toEqual([
+      'stackerfile: directive run appears twice in layer foo, the last one is used',
+    ])
   })
 })

@@ -1,1 +1,23 @@
-export {}
+export { type FsImageKind, type FsImageLabel, fsImageMediaType, fsImageKindOf } from './media-types.js'
+export {
+  type FsImageOptions,
+  type FsImageResult,
+  writeFsImage,
+  squashfsCompression,
+  DEFAULT_SQUASHFS_ZSTD_LEVEL,
+  EROFS_UUID,
+} from './write.js'
+export { appendVerity, verifyVerity } from './verity.js'
+export { fsImageDataSize, detectFsImageKind } from './superblock.js'
+export { stripOverlayXattrs, isOverlayBookkeepingXattr } from './scan.js'
+export {
+  type MountedFsImage,
+  type OpenMethod,
+  type OpenFsImageOptions,
+  type ExtractFsImageOptions,
+  openFsImage,
+  extractFsImage,
+  parseOpenPolicy,
+  DEFAULT_OPEN_POLICY,
+  mountPointsUnder,
+} from './open.js'

@@ -1,5 +1,19 @@
 import { constants as fsConstants, type Stats } from 'node:fs'
-import { chmod, lchown, link, lstat, lutimes, mkdir, open, readdir, readlink, realpath, rm, symlink, unlink } from 'node:fs/promises'
+import {
+  chmod,
+  lchown,
+  link,
+  lstat,
+  lutimes,
+  mkdir,
+  open,
+  readdir,
+  readlink,
+  realpath,
+  rm,
+  symlink,
+  unlink,
+} from 'node:fs/promises'
 import { join } from 'node:path'
 import { createGunzip } from 'node:zlib'
 import { setAttribute } from '@napi-rs/xattr'
@@ -138,6 +152,7 @@ class Extractor {
   }
 
   async apply(e: TarEntry): Promise<void> {
+    if (e.name.includes('\uFFFD')) this.#logger.warn(`tar entry name ${JSON.stringify(e.name)} is not valid UTF-8`)
     const parts = splitName(e.name)
     const last = parts[parts.length - 1]
     if (this.#mode !== 'keep' && last?.startsWith(WHITEOUT_PREFIX)) {
@@ -199,7 +214,8 @@ class Extractor {
     try {
       where = await this.#place(linkname, false)
     } catch (err) {
-      if (err instanceof EntryError) throw new EntryError(`hard link target ${JSON.stringify(linkname)}: ${err.message}`)
+      if (err instanceof EntryError)
+        throw new EntryError(`hard link target ${JSON.stringify(linkname)}: ${err.message}`)
       throw err
     }
     if ('root' in where) throw new EntryError(`hard link to a directory (${JSON.stringify(linkname)})`)
@@ -336,7 +352,7 @@ export async function extractTarLayer(
     let stream: AsyncIterable<Buffer> = counted()
     if (kind === 'auto') ({ kind, stream } = await sniffCompression(stream))
     let tar: AsyncIterable<Uint8Array> = stream
-    if (kind === 'gzip') tar = throughTransform(stream, createGunzip())
+    if (kind === 'gzip') tar = throughTransform(stream, createGunzip({ chunkSize: 128 << 10 }))
     else if (kind === 'zstd') tar = throughProgram('zstd', ['-d', '-q', '-c'], stream, 'EXTRACT')
     const x = new Extractor(root, opts.whiteouts, logger)
     for await (const entry of readTar(tar)) {
@@ -350,7 +366,8 @@ export async function extractTarLayer(
   } catch (e) {
     if (e instanceof StackerError && e.code !== 'EXTRACT') throw e
     const where = current === undefined ? '' : `: entry ${JSON.stringify(current)}`
-    const msg = e instanceof StackerError ? e.message : describe(e)
+    let msg = e instanceof StackerError ? e.message : describe(e)
+    if (String((e as { code?: unknown }).code).startsWith('Z_')) msg = `gzip: ${msg}`
     throw new StackerError('EXTRACT', `cannot extract ${what}${where}: ${msg}`, { cause: e })
   }
 }

@@ -1,0 +1,55 @@
+import { readdirSync } from 'node:fs'
+import { setImmediate } from 'node:timers/promises'
+import { join } from 'node:path'
+import { listAttributesSync, removeAttributeSync } from '@napi-rs/xattr'
+
+/** overlayfs xattrs that describe the layer's content and stay in an image: an opaque dir, and
+ *  the xattr form of whiteouts (a file marked `overlay.whiteout` in a dir marked
+ *  `overlay.whiteouts`). Dropping the latter would turn a deletion into an empty file. */
+const KEPT_OVERLAY_XATTRS = new Set(['opaque', 'whiteout', 'whiteouts'])
+const OVERLAY_XATTR_RE = /^[a-z]+\.overlay\.(.+)$/
+
+/** Whether an xattr is overlayfs bookkeeping (origin, impure, redirect, nlink, ...) that is only
+ *  meaningful to the overlay mount that wrote it, and holds host-specific file handles. */
+export function isOverlayBookkeepingXattr(name: string): boolean {
+  const m = OVERLAY_XATTR_RE.exec(name)
+  return m !== null && !KEPT_OVERLAY_XATTRS.has(m[1]!)
+}
+
+/** Removes overlayfs bookkeeping xattrs from every entry of `dir`, in place, as upstream does
+ *  before generating any layer. mksquashfs 4.5 and mkfs.erofs 1.5 have no xattr filter, and these
+ *  xattrs would make images differ between hosts. Symlinks are skipped (they cannot carry user.*
+ *  xattrs). Returns how many were removed. `dir` must not be an active overlay upperdir.
+ *  Uses synchronous calls (about 10x faster than the async binding per entry) and yields to the
+ *  event loop every few thousand entries. */
+export async function stripOverlayXattrs(dir: string): Promise<number> {
+  let removed = 0
+  let sinceYield = 0
+  const strip = (path: string) => {
+    for (const name of listAttributesSync(path)) {
+      if (!isOverlayBookkeepingXattr(name)) continue
+      removeAttributeSync(path, name)
+      removed++
+    }
+  }
+  strip(dir)
+  const dirs = [dir]
+  while (dirs.length > 0) {
+    const parent = dirs.pop()!
+    const entries = readdirSync(parent, { withFileTypes: true })
+    for (const e of entries) {
+      if (e.isSymbolicLink()) continue
+      const path = join(parent, e.name)
+      strip(path)
+      if (e.isDirectory()) dirs.push(path)
+    }
+    sinceYield += entries.length
+    if (sinceYield >= YIELD_EVERY) {
+      sinceYield = 0
+      await setImmediate()
+    }
+  }
+  return removed
+}
+
+const YIELD_EVERY = 4096

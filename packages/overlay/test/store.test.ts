@@ -1,0 +1,351 @@
+import { lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { getAttribute, setAttribute } from '@napi-rs/xattr'
+import { memoryLogger } from '@stacker/core'
+import { OVERLAY_OPAQUE_XATTR } from '@stacker/layers'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { OverlayStore, listMounts } from '../src/index.js'
+import { cleanDir, isRoot, mknodWhiteout, tempDir } from './helpers.js'
+
+const OPAQUE = OVERLAY_OPAQUE_XATTR
+
+async function exists(p: string): Promise<boolean> {
+  return lstat(p).then(
+    () => true,
+    () => false,
+  )
+}
+
+async function writeFiles(dir: string, files: Record<string, string>): Promise<void> {
+  for (const [rel, body] of Object.entries(files)) {
+    await mkdir(join(dir, rel, '..'), { recursive: true })
+    await writeFile(join(dir, rel), body)
+  }
+}
+
+it('runs the mount tests when CI runs them', () => {
+  if (process.env.CI) expect(isRoot).toBe(true)
+})
+
+describe.runIf(isRoot)('OverlayStore content and records', () => {
+  let dir: string
+  let store: OverlayStore
+  beforeEach(async () => {
+    dir = await tempDir()
+    store = await OverlayStore.open(join(dir, 'roots'))
+  })
+  afterEach(async () => cleanDir(dir))
+
+  it('creates the layout and clears staging left by a killed process', async () => {
+    await writeFiles(join(dir, 'roots', 'tmp', 'c-dead'), { 'half.txt': 'x' })
+    await mkdir(join(dir, 'roots', 'build', 'app', 'upper'), { recursive: true })
+    const reopened = await OverlayStore.open(join(dir, 'roots'))
+    expect(reopened.rootsDir).toBe(join(dir, 'roots'))
+    expect((await readdir(join(dir, 'roots'))).sort()).toEqual(['build', 'content', 'layers', 'tmp'])
+    expect(await readdir(join(dir, 'roots', 'tmp'))).toEqual([])
+    expect(await readdir(join(dir, 'roots', 'build'))).toEqual([])
+  })
+
+  it('fills a content dir once, even for concurrent callers', async () => {
+    let fills = 0
+    const fill = async (d: string) => {
+      fills++
+      await writeFiles(d, { 'etc/hostname': 'box\n' })
+    }
+    const [a, b] = await Promise.all([store.ensureContent('sha256_aa', fill), store.ensureContent('sha256_aa', fill)])
+    expect(a).toBe(store.contentPath('sha256_aa'))
+    expect(b).toBe(a)
+    expect(fills).toBe(1)
+    expect(await store.ensureContent('sha256_aa', fill)).toBe(a)
+    expect(fills).toBe(1)
+    expect(await readFile(join(a, 'etc/hostname'), 'utf8')).toBe('box\n')
+    expect((await stat(a)).mode & 0o777).toBe(0o755)
+    expect(await store.hasContent('sha256_aa')).toBe(true)
+    expect(await store.hasContent('sha256_bb')).toBe(false)
+  })
+
+  it('leaves no content dir when the fill fails, and retries next time', async () => {
+    await expect(
+      store.ensureContent('layer_x', async (d) => {
+        await writeFiles(d, { partial: 'p' })
+        throw new Error('disk on fire')
+      }),
+    ).rejects.toThrow('disk on fire')
+    expect(await store.hasContent('layer_x')).toBe(false)
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    await store.ensureContent('layer_x', (d) => writeFiles(d, { whole: 'w' }))
+    expect(await readdir(store.contentPath('layer_x'))).toEqual(['whole'])
+  })
+
+  it('adopts a dir, and drops a second dir for the same id', async () => {
+    const up1 = join(store.rootsDir, 'build', 'u1')
+    const up2 = join(store.rootsDir, 'build', 'u2')
+    await writeFiles(up1, { 'one.txt': '1' })
+    await writeFiles(up2, { 'two.txt': '2' })
+    const p = await store.adoptContent('layer_abc', up1)
+    expect(await readdir(p)).toEqual(['one.txt'])
+    expect(await exists(up1)).toBe(false)
+    expect(await store.adoptContent('layer_abc', up2)).toBe(p)
+    expect(await readdir(p)).toEqual(['one.txt'])
+    expect(await exists(up2)).toBe(false)
+  })
+
+  it('rejects content ids that are not one safe path component', () => {
+    for (const bad of ['', '../x', 'a/b', '.hidden', 'a..b', 'x'.repeat(129), 'sp ace']) {
+      expect(() => store.contentPath(bad), bad).toThrow('invalid content id')
+    }
+    expect(store.contentPath('sha256_0123abc')).toBe(join(store.rootsDir, 'content', 'sha256_0123abc'))
+  })
+
+  it('keeps layer records by name, whatever the name', async () => {
+    const names = ['app', 'org/app:1', '.hidden', '..', 'x'.repeat(300)]
+    for (const [i, name] of names.entries()) {
+      await store.writeLayer(name, { version: 1, chain: ['sha256_aa', `layer_${i}`], meta: { i, env: ['B=1', 'A=2'] } })
+    }
+    expect(await store.listLayers()).toEqual([...names].sort())
+    expect(await store.readLayer('org/app:1')).toEqual({
+      version: 1,
+      chain: ['sha256_aa', 'layer_1'],
+      meta: { i: 1, env: ['B=1', 'A=2'] },
+    })
+    expect(await store.readLayer('x'.repeat(300))).toMatchObject({ chain: ['sha256_aa', 'layer_4'] })
+    expect(await readdir(join(store.rootsDir, 'layers'))).not.toContain('...json')
+    await store.writeLayer('app', { version: 1, chain: [] })
+    expect(await store.readLayer('app')).toEqual({ version: 1, chain: [] })
+    await store.removeLayer('app')
+    await store.removeLayer('app')
+    expect(await store.readLayer('app')).toBeUndefined()
+    await expect(store.writeLayer('bad', { version: 1, chain: ['../etc'] })).rejects.toThrow('invalid content id')
+  })
+
+  it('ignores an unreadable record with a warning', async () => {
+    const logger = memoryLogger()
+    const s = await OverlayStore.open(store.rootsDir, { logger })
+    await writeFile(join(s.rootsDir, 'layers', 'broken.json'), '{"version": 1, "chain": ["../x"]}')
+    expect(await s.readLayer('broken')).toBeUndefined()
+    expect(logger.lines('warn').join('\n')).toContain('ignoring unreadable layer record')
+  })
+
+  it('collects content not kept and not mounted', async () => {
+    for (const id of ['keep_1', 'drop_1', 'drop_2', 'busy_1']) {
+      await store.ensureContent(id, (d) => writeFiles(d, { [id]: id }))
+    }
+    const m = await store.mount({ lower: ['busy_1'], target: join(dir, 'mnt') })
+    try {
+      expect(await store.gcContent(new Set(['keep_1']))).toEqual(['drop_1', 'drop_2'])
+      expect((await readdir(join(store.rootsDir, 'content'))).sort()).toEqual(['busy_1', 'keep_1'])
+    } finally {
+      await m.release()
+    }
+    expect(await store.gcContent(new Set(['keep_1']))).toEqual(['busy_1'])
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+  })
+})
+
+describe.runIf(isRoot)('OverlayStore mounts', () => {
+  let dir: string
+  let store: OverlayStore
+  beforeEach(async () => {
+    dir = await tempDir()
+    store = await OverlayStore.open(join(dir, 'roots'))
+  })
+  afterEach(async () => cleanDir(dir))
+
+  async function threeLayers(): Promise<string[]> {
+    await store.ensureContent('l0', (d) =>
+      writeFiles(d, { 'a.txt': 'a0', 'b.txt': 'b0', 'c.txt': 'c0', 'd/old.txt': 'old', 'e/kept.txt': 'kept' }),
+    )
+    await store.ensureContent('l1', async (d) => {
+      mknodWhiteout(join(d, 'b.txt'))
+      await writeFiles(d, { 'd/new.txt': 'new', 'e/more.txt': 'more' })
+      await setAttribute(join(d, 'd'), OPAQUE, 'y')
+    })
+    await store.ensureContent('l2', (d) => writeFiles(d, { 'a.txt': 'a2' }))
+    return ['l0', 'l1', 'l2']
+  }
+
+  it('shows a chain with whiteouts and opaque dirs, and writes only to the upper dir', async () => {
+    const chain = await threeLayers()
+    const ws = await store.prepareBuild('app')
+    const m = await store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
+    try {
+      expect(await listMounts(dir)).toEqual([ws.rootfs])
+      const root = m.target
+      expect((await readdir(root)).sort()).toEqual(['a.txt', 'c.txt', 'd', 'e'])
+      expect(await readFile(join(root, 'a.txt'), 'utf8')).toBe('a2')
+      expect(await readdir(join(root, 'd'))).toEqual(['new.txt'])
+      expect((await readdir(join(root, 'e'))).sort()).toEqual(['kept.txt', 'more.txt'])
+
+      await writeFile(join(root, 'made.txt'), 'made')
+      await rm(join(root, 'c.txt'))
+      expect(await readFile(join(ws.upper, 'made.txt'), 'utf8')).toBe('made')
+      const wh = await lstat(join(ws.upper, 'c.txt'))
+      expect(wh.isCharacterDevice()).toBe(true)
+      expect(wh.rdev).toBe(0)
+    } finally {
+      await m.release()
+      await m.release()
+    }
+    expect(await listMounts(dir)).toEqual([])
+    expect(await readFile(join(store.contentPath('l0'), 'c.txt'), 'utf8')).toBe('c0')
+    expect(await readdir(store.contentPath('l2'))).toEqual(['a.txt'])
+    expect((await getAttribute(join(store.contentPath('l1'), 'd'), OPAQUE))?.toString()).toBe('y')
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+  })
+
+  it('mounts read-only views of one layer, and writable views of none', async () => {
+    await store.ensureContent('only', (d) => writeFiles(d, { 'x.txt': 'x' }))
+    const ro = await store.mount({ lower: ['only'], target: join(dir, 'with space', 'ro') })
+    try {
+      expect(await listMounts(join(dir, 'with space'))).toEqual([join(dir, 'with space', 'ro')])
+      expect(await readdir(ro.target)).toEqual(['x.txt'])
+      await expect(writeFile(join(ro.target, 'y'), 'y')).rejects.toThrow()
+    } finally {
+      await ro.release()
+    }
+    const ws = await store.prepareBuild('scratch')
+    const rw = await store.mount({ lower: [], upper: ws.upper, work: ws.work, target: ws.rootfs })
+    try {
+      expect(await readdir(rw.target)).toEqual([])
+      await writeFile(join(rw.target, 'hello'), 'hi')
+      expect(await readdir(ws.upper)).toEqual(['hello'])
+    } finally {
+      await rw.release()
+    }
+    await store.removeBuild('scratch')
+    await store.removeBuild('app')
+  })
+
+  it('uses a layer repeated in a chain once, at its topmost place', async () => {
+    await store.ensureContent('dup', (d) => writeFiles(d, { 'f.txt': 'dup' }))
+    await store.ensureContent('mid', (d) => writeFiles(d, { 'f.txt': 'mid', 'm.txt': 'm' }))
+    const m = await store.mount({ lower: ['dup', 'mid', 'dup'], target: join(dir, 'mnt') })
+    try {
+      expect(await readFile(join(m.target, 'f.txt'), 'utf8')).toBe('dup')
+      expect(await readFile(join(m.target, 'm.txt'), 'utf8')).toBe('m')
+    } finally {
+      await m.release()
+    }
+  })
+
+  it('fails with MOUNT when a layer of the chain is missing', async () => {
+    await expect(store.mount({ lower: ['nope'], target: join(dir, 'mnt') })).rejects.toMatchObject({
+      code: 'MOUNT',
+      message: expect.stringContaining('is missing'),
+    })
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+  })
+
+  it('mounts a chain of 200 layers', async () => {
+    const chain: string[] = []
+    for (let i = 0; i < 200; i++) {
+      const id = `layer_${String(i).padStart(3, '0')}`
+      chain.push(id)
+      await store.ensureContent(id, (d) =>
+        writeFile(join(d, i === 0 ? 'bottom.txt' : i === 199 ? 'top.txt' : `f${i}`), String(i)),
+      )
+    }
+    // With absolute paths the options would not fit overlayfs's one-page limit.
+    expect(chain.map((id) => store.contentPath(id)).join(':').length).toBeGreaterThan(4096)
+    const snap = await store.snapshot(chain)
+    try {
+      expect(await readFile(join(snap.target, 'bottom.txt'), 'utf8')).toBe('0')
+      expect(await readFile(join(snap.target, 'top.txt'), 'utf8')).toBe('199')
+      expect(await readFile(join(snap.target, 'f100'), 'utf8')).toBe('100')
+    } finally {
+      await snap.release()
+    }
+  })
+
+  it('keeps snapshot writes out of the content dirs and drops them on release', async () => {
+    const chain = await threeLayers()
+    const snap = await store.snapshot(chain)
+    try {
+      await writeFile(join(snap.target, 'a.txt'), 'changed')
+      await writeFile(join(snap.target, 'd', 'added'), 'added')
+      await rm(join(snap.target, 'e'), { recursive: true })
+      expect(await readFile(join(snap.upper, 'a.txt'), 'utf8')).toBe('changed')
+      expect(await exists(join(snap.target, 'e'))).toBe(false)
+    } finally {
+      await snap.release()
+    }
+    expect(await readFile(join(store.contentPath('l2'), 'a.txt'), 'utf8')).toBe('a2')
+    expect(await readdir(join(store.contentPath('l1'), 'd'))).toEqual(['new.txt'])
+    expect(await readdir(join(store.contentPath('l0'), 'e'))).toEqual(['kept.txt'])
+    expect(await exists(snap.upper)).toBe(false)
+    expect(await exists(snap.target)).toBe(false)
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+  })
+
+  it('builds layer on layer: an adopted upper dir serves as a lower of the next build', async () => {
+    await store.ensureContent('base', (d) => writeFiles(d, { 'etc/conf': 'base', 'bin/tool': 'tool', 'var/x': 'x' }))
+    let chain = ['base']
+    for (const [i, step] of [
+      async (root: string) => {
+        await writeFile(join(root, 'etc/conf'), 'one')
+        await rm(join(root, 'var'), { recursive: true })
+        await mkdir(join(root, 'var'))
+        await writeFile(join(root, 'var/y'), 'y')
+      },
+      async (root: string) => {
+        await writeFile(join(root, 'etc/conf'), 'two', { flag: 'a' })
+        await rm(join(root, 'bin/tool'))
+        await rename(join(root, 'var/y'), join(root, 'var/z'))
+      },
+    ].entries()) {
+      const ws = await store.prepareBuild(`step${i}`)
+      const m = await store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
+      try {
+        await step(m.target)
+      } finally {
+        await m.release()
+      }
+      chain = [...chain, `layer_step${i}`]
+      await store.adoptContent(`layer_step${i}`, ws.upper)
+      await store.removeBuild(`step${i}`)
+    }
+    const view = await store.mount({ lower: chain, target: join(dir, 'view') })
+    try {
+      expect(await readFile(join(view.target, 'etc/conf'), 'utf8')).toBe('onetwo')
+      expect(await readdir(join(view.target, 'bin'))).toEqual([])
+      expect(await readdir(join(view.target, 'var'))).toEqual(['z'])
+    } finally {
+      await view.release()
+    }
+    expect(await readFile(join(store.contentPath('base'), 'var/x'), 'utf8')).toBe('x')
+  })
+
+  it('recovers a build workspace left mounted by a killed build', async () => {
+    await store.ensureContent('base', (d) => writeFiles(d, { 'etc/os-release': 'x', 'keep/me': 'me' }))
+    const ws = await store.prepareBuild('app')
+    // Never released: stands for the mount of a process that died mid-build.
+    const orphan = await store.mount({ lower: ['base'], upper: ws.upper, work: ws.work, target: ws.rootfs })
+    await writeFile(join(ws.rootfs, 'half-built'), 'x')
+    await rm(join(ws.rootfs, 'keep'), { recursive: true })
+
+    const again = await store.prepareBuild('app')
+    expect(again).toEqual(ws)
+    expect(await listMounts(dir)).toEqual([])
+    for (const d of [again.upper, again.work, again.rootfs]) expect(await readdir(d)).toEqual([])
+    expect(await readFile(join(store.contentPath('base'), 'keep/me'), 'utf8')).toBe('me')
+
+    const m = await store.mount({ lower: ['base'], upper: again.upper, work: again.work, target: again.rootfs })
+    expect((await readdir(m.target)).sort()).toEqual(['etc', 'keep'])
+    await m.release()
+    await orphan.release()
+    await store.removeBuild('app')
+    expect(await readdir(join(store.rootsDir, 'build'))).toEqual([])
+  })
+
+  it('unmounts what a killed process left mounted when the store is opened again', async () => {
+    const chain = await threeLayers()
+    await store.snapshot(chain)
+    const ws = await store.prepareBuild('app')
+    await store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
+    expect(await listMounts(dir)).toHaveLength(2)
+    await OverlayStore.open(store.rootsDir)
+    expect(await listMounts(dir)).toEqual([])
+    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readFile(join(store.contentPath('l0'), 'c.txt'), 'utf8')).toBe('c0')
+  })
+})
