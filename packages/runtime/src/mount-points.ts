@@ -62,7 +62,7 @@ export class MountPoints {
   }
 }
 
-/** True when `/stacker` (or what it points to) exists in the rootfs. */
+/** True when `path` exists under `root` (a symlink counts, whatever it points to). */
 export async function pathExists(root: string, path: string): Promise<boolean> {
   try {
     await lstat(join(root, path))

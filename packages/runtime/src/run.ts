@@ -34,9 +34,11 @@ export interface RunOptions {
   mounts?: BindMount[]
   /** Default true: bind the host's /etc/resolv.conf read-only when the host has one. */
   resolvConf?: boolean
-  /** 'pipe': stdin closed; the container's stdout and stderr share one pipe (so their order is
-   *  kept) and every chunk goes to onOutput as it arrives. 'inherit': interactive, attached to this
-   *  process's stdio, with a terminal when stdin is a TTY. */
+  /** 'pipe': stdin closed (empty); the container's stdout and stderr are merged and every chunk
+   *  goes to onOutput as it arrives. Their relative order is exact where the exec helper exists
+   *  (x86_64) and the command is found before the start; otherwise it is runc's two copies, which
+   *  can swap lines written close together. 'inherit': interactive, attached to this process's
+   *  stdio, with a terminal when stdin is a TTY. */
   stdio: 'pipe' | 'inherit'
   onOutput?: (chunk: Uint8Array) => void
   /** When given, mount points this run created in the rootfs are removed again once the container

@@ -240,7 +240,6 @@ describe.runIf(isRoot)('runContainer', () => {
 
   it('kills and deletes the container on abort', async () => {
     const ac = new AbortController()
-    const started = Date.now()
     const p = runContainer({
       rootfs,
       stateDir,
@@ -254,8 +253,8 @@ describe.runIf(isRoot)('runContainer', () => {
     })
     const err = await p.catch((e: unknown) => e)
     expect(isStackerError(err) && err.code).toBe('INTERRUPTED')
-    // Far below the 100 s the command would take; afterEach checks runc state and bundles.
-    expect(Date.now() - started).toBeLessThan(60_000)
+    // Settling at all proves the kill: the command would outlast the test timeout. afterEach checks
+    // that no runc state and no bundle remain.
   })
 
   it('aborts cleanly whatever stage the start has reached', async () => {
@@ -289,10 +288,10 @@ describe.runIf(isRoot)('runContainer', () => {
         'touch /tmp/f && chown 123:456 /tmp/f && stat -c %u:%g /tmp/f',
         'mknod /tmp/null c 1 3 && echo x > /tmp/null && echo mknod ok',
         'mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo mount ok && umount /tmp/m',
-        'echo nobody:x:65534:65534::/:/bin/sh > /tmp/passwd && mount --bind /tmp/passwd /etc/passwd',
+        'echo nobody:x:65534:65534::/:/bin/sh > /etc/passwd',
         'su -s /bin/sh -c "id -u" nobody',
         'chroot / true && echo chroot ok',
-        'umount /etc/passwd && rm -rf /tmp/f /tmp/null /tmp/m /tmp/passwd',
+        'rm -rf /tmp/f /tmp/null /tmp/m /etc/passwd',
       ].join(' && '),
     )
     expect(r.output).toBe('123:456\nmknod ok\nmount ok\n65534\nchroot ok\n')
