@@ -2,16 +2,18 @@
 // Fails on an import cycle between workspace packages or an import that points up the layering of
 // design.md, and on any import of another package's internals (only its index is public).
 import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 
 // Lower rank may not import higher rank; equal ranks may not import each other.
 const RANK = { core: 0, stackerfile: 1, oci: 1, layers: 2, overlay: 3, runtime: 3, registry: 3, builder: 4, cli: 5 }
+// The workspace root is the first argument (default: the cwd).
+const root = resolve(process.argv[2] ?? '.')
 const dirs = {
-  cli: 'apps/stacker',
+  cli: join(root, 'apps/stacker'),
   ...Object.fromEntries(
     Object.keys(RANK)
       .filter((k) => k !== 'cli')
-      .map((k) => [k, `packages/${k}`]),
+      .map((k) => [k, join(root, `packages/${k}`)]),
   ),
 }
 
