@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto'
 import { mkdir, rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { StackerError } from '@stacker/core'
-import { extractFsImage, extractTarLayer } from '@stacker/layers'
+import { extractTarLayer } from '@stacker/layers'
+import { fsImageContentId, openChainContents, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
 import type { Layer } from '@stacker/stackerfile'
 import type { BuildContext, BuiltLayer } from './context.js'
@@ -32,6 +33,7 @@ export interface ResolvedBase {
 }
 
 export function contentIdForBlob(d: Descriptor): string {
+  if (layerKind(d.mediaType) !== 'tar') return fsImageContentId(d)
   return `sha256_${d.digest.slice(d.digest.indexOf(':') + 1)}`
 }
 
@@ -116,27 +118,22 @@ async function openLayoutImage(ctx: BuildContext, dir: string, ref: string, laye
 /** Extracts each layer of a base image once per digest into the store, shared by every layer built on it. */
 export async function extractImageLayers(ctx: BuildContext, image: BaseImage): Promise<void> {
   await Promise.all(
-    image.manifest.layers.map((d, i) =>
-      ctx.store.ensureContent(image.contents[i] as string, async (dir) => {
-        const kind = layerKind(d.mediaType)
+    image.manifest.layers.map(async (d, i) => {
+      if (layerKind(d.mediaType) !== 'tar') {
+        await registerFsImage(ctx.s.dirs.stackerDir, image.layout, d)
+        return
+      }
+      await ctx.store.ensureContent(image.contents[i] as string, async (dir) => {
         ctx.logger.debug(`extracting ${d.digest} (${d.mediaType})`)
-        if (kind === 'tar') {
-          await extractTarLayer(image.layout.openBlob(d.digest), dir, {
-            whiteouts: 'overlay',
-            compression: 'auto',
-            sourceDescription: d.digest,
-          })
-        } else {
-          const hash = d.annotations?.['io.stackeroci.stacker.atomfs_verity_root_hash']
-          await rm(dir, { recursive: true, force: true })
-          await extractFsImage(image.layout.blobPath(d.digest), dir, {
-            mediaType: d.mediaType,
-            ...(hash !== undefined ? { verityRootHash: hash } : {}),
-          })
-        }
-      }),
-    ),
+        await extractTarLayer(image.layout.openBlob(d.digest), dir, {
+          whiteouts: 'overlay',
+          compression: 'auto',
+          sourceDescription: d.digest,
+        })
+      })
+    }),
   )
+  await openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, image.contents)
 }
 
 /** Fetches a `tar` base into `<stacker-dir>/layer-bases/tar/`: a local path (relative to the cwd), an

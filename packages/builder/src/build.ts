@@ -25,11 +25,12 @@ import {
   type OverlayDirPart,
   type Origin,
 } from './cache.js'
-import type { BuildContext, BuildOptions, BuiltLayer } from './context.js'
+import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
 import { destImportContent, resolveImports, stageImports } from './imports.js'
 import { generateLabels, runScript } from './run.js'
+import { closeChainContents } from './fs-contents.js'
 import { openStorage, type OpenStorage } from './storage.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
 import { copyTree, exists } from './util.js'
@@ -54,6 +55,7 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
       for (const file of set.order) await buildFile(ctx, file)
     } finally {
       await ctx.hashes.save()
+      await closeChainContents()
     }
   } finally {
     await storage.lock.release()
@@ -271,6 +273,7 @@ async function buildLayer(
   }
   if (layer.run.length) {
     const importsDir = await stageImports(ctx, layer, imports)
+    await openChain(ctx, chain)
     const mount = await ctx.store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
     try {
       await runScript(ctx, layer, { rootfs: ws.rootfs, upper: ws.upper, importsDir })

@@ -7,6 +7,7 @@ import { checkOverlay, initStorage, acquireStorageLocks, listMounts } from '@sta
 import { runContainer } from '@stacker/runtime'
 import { buildSubstitutions, loadStackerfile, type Layer } from '@stacker/stackerfile'
 import { BuildCache } from './cache.js'
+import { closeChainContents, openChainContents } from './fs-contents.js'
 import { bindMounts, layerEnv } from './run.js'
 import { openStorage } from './storage.js'
 import type { BuildContext } from './context.js'
@@ -41,6 +42,7 @@ export async function chroot(
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
     s.logger.info('This chroot is temporary, any changes will be destroyed when it exits.')
+    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const env = layer
@@ -61,6 +63,7 @@ export async function chroot(
       await snap.release()
     }
   } finally {
+    await closeChainContents()
     await storage.lock.release()
   }
 }
@@ -78,6 +81,7 @@ export async function grab(
   try {
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
+    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const src = join(snap.target, resolve('/', path))
@@ -90,6 +94,7 @@ export async function grab(
       await snap.release()
     }
   } finally {
+    await closeChainContents()
     await storage.lock.release()
   }
 }

@@ -1,4 +1,5 @@
 import type { Logger } from '@stacker/core'
+import { openChainContents } from './fs-contents.js'
 import type { OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import type { Layer, StackerfileSet } from '@stacker/stackerfile'
@@ -40,4 +41,9 @@ export interface BuildContext {
   built: Map<string, BuiltLayer>
   /** Where runc keeps container state. */
   runtimeDir: string
+}
+
+/** Opens the squashfs/erofs base contents of a chain before it is mounted or read. */
+export function openChain(ctx: BuildContext, chain: readonly string[]): Promise<void> {
+  return openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, chain)
 }

@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises'
 import { sha256Digest, StackerError } from '@stacker/core'
 import type { ImportSpec, Layer } from '@stacker/stackerfile'
 import type { ImportPart } from './cache.js'
-import type { BuildContext } from './context.js'
+import { openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
 import { copyTree, exists, schemeOf } from './util.js'
 
@@ -172,6 +172,7 @@ export async function copyImport(
   if (!imp.stacker) throw new StackerError('IMPORT', `couldn't find import ${imp.spec.path}`, { pos: imp.spec.pos })
   const src = ctx.built.get(imp.stacker.layer)
   if (!src) throw new StackerError('IMPORT', `couldn't find layer ${imp.stacker.layer}`)
+  await openChain(ctx, src.entry.chain)
   const snap = await ctx.store.snapshot(src.entry.chain)
   try {
     const from = join(snap.target, imp.stacker.path)

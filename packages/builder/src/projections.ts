@@ -4,7 +4,7 @@ import { atomicWriteFile, type Digest } from '@stacker/core'
 import { writeFsImage, writeTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import { CACHE_VERSION } from './cache.js'
-import type { BuildContext } from './context.js'
+import { openChain, type BuildContext } from './context.js'
 import { outputKey, type OutputType } from './types.js'
 
 /** One content dir written as one layer blob of one output type. */
@@ -50,6 +50,7 @@ async function generate(
   } catch {
     // No record yet, or a corrupt one: generate.
   }
+  await openChain(ctx, [id])
   const dir = ctx.store.contentPath(id)
   if ((await readdir(dir)).length === 0) {
     await atomicWriteFile(recordFile, JSON.stringify({ empty: true }))

@@ -4,6 +4,7 @@ import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
 import { parseImageRef, pushImage, RegistryClient } from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
 import { cachedEntry, createContext } from './build.js'
+import { closeChainContents } from './fs-contents.js'
 import { openStorage } from './storage.js'
 import { tagFor, type LayerType, type Session } from './types.js'
 import { exists } from './util.js'
@@ -129,6 +130,7 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
       }
     }
   } finally {
+    await closeChainContents()
     await storage.lock.release()
   }
 }

@@ -3,7 +3,7 @@ import { join } from 'node:path'
 import { StackerError, withTempDir } from '@stacker/core'
 import { buildEnvironment, runContainer, type BindMount } from '@stacker/runtime'
 import { renderRunScript, type Layer } from '@stacker/stackerfile'
-import type { BuildContext } from './context.js'
+import { openChain, type BuildContext } from './context.js'
 import { exists } from './util.js'
 
 export const RUN_SCRIPT = '.stacker-run.sh'
@@ -130,6 +130,7 @@ export async function generateLabels(
       await mkdir(labelsDir)
       await mkdir(scriptDir)
       await writeFile(join(scriptDir, RUN_SCRIPT), renderRunScript(layer.generateLabels), { mode: 0o755 })
+      await openChain(ctx, chain)
       const snap = await ctx.store.snapshot(chain)
       try {
         const r = await runContainer({

@@ -76,7 +76,14 @@ function mtimeSeconds(st: BigIntStats, sde: number | undefined): number {
 }
 
 async function readXattrs(path: string): Promise<{ xattrs: Array<[string, Buffer]>; opaque: boolean }> {
-  const names = await listAttributes(path)
+  let names: string[]
+  try {
+    names = await listAttributes(path)
+  } catch (e) {
+    // A filesystem without xattr support (e.g. a squashfs image made without them) has none.
+    if (/os error 95|not supported/i.test((e as Error).message)) return { xattrs: [], opaque: false }
+    throw e
+  }
   const xattrs: Array<[string, Buffer]> = []
   let opaque = false
   for (const name of names) {
