@@ -9,6 +9,7 @@ import {
   assertNoMountsUnder,
   expectOk,
   fixtures,
+  indexTags,
   initGitRepo,
   layerTarEntries,
   type OciImageConfig,
@@ -149,9 +150,10 @@ describe('basic build', () => {
     const m = await readManifest(oci(), 'parent')
     const a = m.annotations ?? {}
     const raw = await readFile(p.path('stacker.yaml'), 'utf8')
+    const placeholder = (k: string): string => `\${{${k}}}`
     const substituted = raw
-      .replaceAll('${{BUSYBOX_OCI}}', fixtures().BUSYBOX_OCI)
-      .replaceAll('${{GREETING}}', 'hello,world')
+      .replaceAll(placeholder('BUSYBOX_OCI'), fixtures().BUSYBOX_OCI)
+      .replaceAll(placeholder('GREETING'), 'hello,world')
     expect(a[`${NS}.stacker.stacker_yaml`]).toBe(substituted)
     const version = expectOk(await stacker(['--version'], { cwd: p.dir })).stdout.trim()
     expect(version).toMatch(/^stacker version \S+/)
@@ -233,6 +235,22 @@ describe('basic build', () => {
     expect(env.has('https_proxy')).toBe(false)
     expect(env.has('TERM')).toBe(false)
     expect(env.has('NOT_PASSED')).toBe(false)
+    assertNoMountsUnder(p.dir)
+  })
+})
+
+describe('many layers finishing together', () => {
+  let p: TempProject
+  afterAll(() => p?.cleanup())
+
+  it('tags every layer, in file order', async () => {
+    const names = Array.from({ length: 16 }, (_, i) => `sibling${i}`)
+    const siblings = names.map((n) => `${n}:\n  from: {type: built, tag: parent}\n`).join('')
+    p = await tempProject({
+      'stacker.yaml': `parent:\n  from:\n    type: oci\n    url: ${fixtures().BUSYBOX_OCI}\n${siblings}`,
+    })
+    expectOk(await stacker(['build', '--jobs', '4'], { cwd: p.dir }))
+    expect(await indexTags(p.path('oci'))).toEqual(['parent', ...names])
     assertNoMountsUnder(p.dir)
   })
 })

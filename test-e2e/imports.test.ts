@@ -10,6 +10,7 @@ import {
   expectOk,
   fixtures,
   type HttpServer,
+  layerTarEntries,
   readManifest,
   type StackerResult,
   stacker,
@@ -35,7 +36,7 @@ function expectCleanError(r: StackerResult, text: string): void {
   expect(out).not.toMatch(/^\s+at .+:\d+:\d+\)?$/m)
 }
 
-const BUSYBOX = 'from: {type: oci, url: "${{BUSYBOX_OCI}}"}'
+const BUSYBOX = `from: {type: oci, url: "\${{BUSYBOX_OCI}}"}`
 
 const cleanups: Array<() => Promise<void>> = []
 afterEach(async () => {
@@ -103,6 +104,7 @@ use:
     - {path: stacker://src/srcfile, dest: /got/}
     - {path: stacker://src/srcdir, dest: /gotdir}
     - {path: stacker://src/srcdir/, dest: /gotcontents/}
+    - {path: stacker://src/srcfile, dest: /owned-grab, mode: 0600, uid: 7, gid: 8}
   run: |
     cat /stacker/imports/srcfile /stacker/imports/srcdir/sub/x > /seen-in-run
 `,
@@ -177,6 +179,9 @@ use:
     expect(await read(use, 'got/srcfile')).toBe('srcfile\n')
     expect(await read(use, 'gotdir/sub/x')).toBe('x\n')
     expect(await read(use, 'gotcontents/sub/x')).toBe('x\n')
+    const grabbed = await lstat(join(use, 'owned-grab'))
+    expect([grabbed.mode & 0o7777, grabbed.uid, grabbed.gid]).toEqual([0o600, 7, 8])
+    expect(await read(use, 'owned-grab')).toBe('srcfile\n')
     // Only what was imported comes from src, not its whole filesystem.
     expect(existsSync(join(use, 'srcfile'))).toBe(false)
     expect(existsSync(join(use, 'srcdir'))).toBe(false)
@@ -222,9 +227,11 @@ ${imports.map((i) => `    - ${i}\n`).join('')}  run: |
     expect(r2.stdout).toContain('LS: a.txt')
     expect(r2.stdout).toContain('LS: dir')
     expect(r2.stdout).not.toContain('b.txt')
-    const rootfs = await umociUnpack(p.path('oci'), 'imp', p.path('u'))
-    expect(existsSync(join(rootfs, 'stacker'))).toBe(false)
-    expect(existsSync(join(rootfs, 'a.txt'))).toBe(false)
+    // Imports without dest are not part of the image, nor is their mount point.
+    // The run changes nothing, so the image is the base alone: a leaked stub or import would add a layer.
+    const layers = (await readManifest(p.path('oci'), 'imp')).layers
+    const base = (await readManifest(fixtures().busyboxLayout, 'latest')).layers
+    expect(layers.map((l) => l.digest)).toEqual(base.map((l) => l.digest))
     await finish(p)
   })
 
@@ -271,6 +278,10 @@ old:
     expect(r.stderr).toContain("'import' directive used in layer 'old'")
     expect(r.stderr).toContain('is deprecated')
     expect(r.stdout).toContain('AT-STACKER: legacy')
+    // Neither mount point leaks into the image.
+    const layers = (await readManifest(p.path('oci'), 'old')).layers
+    const top = await layerTarEntries(p.path('oci'), layers[layers.length - 1]!.digest)
+    expect(top.map((e) => e.name).filter((n) => /^(\.\/)?\.?stacker/.test(n))).toEqual([])
     await finish(p)
   })
 
@@ -323,10 +334,29 @@ ${imports}
     cat /stacker/imports/remote.txt | sed 's/^/GOT: /'
 `
 
-  it('downloads a file and checks its hash', async () => {
-    await p.write('stacker.yaml', yaml(`    - path: ${srv.url}/remote.txt\n      hash: ${sha256('remote content\n')}`))
+  it('downloads a file and checks its hash, also with dest', async () => {
+    const hash = sha256('remote content\n')
+    await p.write(
+      'stacker.yaml',
+      yaml(
+        `    - path: ${srv.url}/remote.txt\n      hash: ${hash}\n    - {path: ${srv.url}/remote.txt, dest: /web/r.txt, hash: ${hash}}`,
+      ),
+    )
     const r = expectOk(await build(p))
     expect(r.stdout).toContain('GOT: remote content')
+    const layers = (await readManifest(p.path('oci'), 'web')).layers
+    const entries = await layerTarEntries(p.path('oci'), layers[1]!.digest, { withContent: true })
+    const f = entries.find((e) => e.name.replace(/^\.?\//, '') === 'web/r.txt')
+    expect(f?.content?.toString()).toBe('remote content\n')
+  })
+
+  it('a remote file that changed is fetched again and rebuilds the layer', async () => {
+    await p.write('stacker.yaml', yaml(`    - ${srv.url}/remote.txt`))
+    expectOk(await build(p))
+    await p.write('www/remote.txt', 'remote content, longer now\n')
+    const r = expectOk(await build(p))
+    expect(r.stdout).toContain('GOT: remote content, longer now')
+    await p.write('www/remote.txt', 'remote content\n')
   })
 
   it('fails when the downloaded content does not match the hash', async () => {
@@ -392,6 +422,8 @@ b:
 
     const r2 = expectOk(await build(p))
     expect(r2.stderr).toContain('rebuilding cached layer due to use of binds in stacker file')
+    expect(r2.stderr).toContain('filesystem b built successfully')
+    expect(r2.stderr).not.toContain('found cached layer b')
     expect(r2.stdout).toContain('RAN')
     await finish(p)
   })

@@ -2,41 +2,41 @@ import { availableParallelism } from 'node:os'
 import { isAbsolute, relative, resolve } from 'node:path'
 import { type Command, Option } from 'commander'
 import { StackerError } from '@stacker/core'
-import {
-  build,
-  check,
-  chroot,
-  clean,
-  grab,
-  gc,
-  inspect,
-  internalCheckOverlay,
-  parseLayerTypes,
-  publish,
-  type Session,
-} from '@stacker/builder'
+import type * as Builder from '@stacker/builder'
+import type { Session } from '@stacker/builder'
 import type { Renderer } from './log.js'
 import type { GlobalFlags } from './main.js'
-import { resolveDirs, sourceDateEpoch } from './settings.js'
+import type * as Settings from './settings.js'
 
 export interface CommandContext {
   renderer: Renderer
   flags: GlobalFlags
   version: string
+  /** Aborted on SIGINT/SIGTERM. */
+  signal: AbortSignal
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v]
 
+// The builder and the settings reader (with everything they import) are most of the start-up time:
+// they load only when a command is about to run, never for --version or --help.
+let B: typeof Builder
+let S: typeof Settings
+async function loadModules(): Promise<void> {
+  ;[B, S] = await Promise.all([import('@stacker/builder'), import('./settings.js')])
+}
+
 function session(ctx: CommandContext): Session {
-  const dirs = resolveDirs(ctx.flags)
+  const dirs = S.resolveDirs(ctx.flags)
   return {
     dirs,
     logger: ctx.renderer.logger,
     debug: !!ctx.flags.debug,
     version: ctx.version,
-    sourceDateEpoch: sourceDateEpoch(),
+    sourceDateEpoch: S.sourceDateEpoch(),
     output: (chunk) => process.stdout.write(chunk),
     interactive: !!process.stdin.isTTY,
+    signal: ctx.signal,
   }
 }
 
@@ -54,6 +54,7 @@ interface BuildFlags {
   orderOnly?: boolean
   annotationsNamespace: string
   jobs: string
+  tarCompression: string
   stackerFilePattern?: string
   searchDir?: string
 }
@@ -72,6 +73,7 @@ function addBuildFlags(cmd: Command): Command {
     .option('--order-only', 'show the build order and exit')
     .option('--annotations-namespace <ns>', 'namespace of the annotations stacker adds', 'io.stackeroci')
     .option('-j, --jobs <n>', 'layers built at once', String(availableParallelism()))
+    .option('--tar-compression <kind>', 'compression of tar layers: gzip, or zstd for runtimes that read it', 'gzip')
 }
 
 function buildOptions(f: BuildFlags, files: string[]) {
@@ -87,12 +89,13 @@ function buildOptions(f: BuildFlags, files: string[]) {
     ...(f.substituteFile !== undefined ? { substituteFile: f.substituteFile } : {}),
     noCache: !f.cache,
     ...(onRunFailure !== undefined ? { onRunFailure } : {}),
-    layerTypes: parseLayerTypes(f.layerType),
+    layerTypes: B.parseLayerTypes(f.layerType),
     verity: f.verity && f.squashfsVerity,
     requireHash: !!f.requireHash,
     orderOnly: !!f.orderOnly,
     annotationsNamespace: f.annotationsNamespace,
     jobs,
+    tarCompression: B.parseTarCompression(f.tarCompression),
   }
 }
 
@@ -104,6 +107,7 @@ async function searchFiles(dir: string | undefined, pattern: string | undefined)
 }
 
 export function registerCommands(program: Command, ctx: () => CommandContext): void {
+  program.hook('preAction', loadModules)
   addBuildFlags(
     program
       .command('build')
@@ -111,7 +115,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
       .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml'),
   ).action(async (f: BuildFlags) => {
     const c = ctx()
-    await build(session(c), buildOptions(f, [f.stackerFile ?? 'stacker.yaml']))
+    await B.build(session(c), buildOptions(f, [f.stackerFile ?? 'stacker.yaml']))
   })
 
   addBuildFlags(
@@ -123,7 +127,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
   ).action(async (f: BuildFlags) => {
     const c = ctx()
     const files = await searchFiles(f.searchDir, f.stackerFilePattern)
-    await build(session(c), buildOptions(f, files))
+    await B.build(session(c), buildOptions(f, files))
   })
 
   program
@@ -157,7 +161,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
       const files = f.searchDir
         ? await searchFiles(f.searchDir as string, f.stackerFilePattern as string)
         : [f.stackerFile as string]
-      await publish(session(c), {
+      await B.publish(session(c), {
         stackerFiles: files,
         url,
         ...(username !== undefined && password !== undefined ? { credentials: { username, password } } : {}),
@@ -167,7 +171,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
         ...(f.substituteFile !== undefined ? { substituteFile: f.substituteFile as string } : {}),
         showOnly: !!f.showOnly,
         force: !!f.force,
-        layerTypes: parseLayerTypes(f.layerType as string[]),
+        layerTypes: B.parseLayerTypes(f.layerType as string[]),
         images: f.image as string[],
       })
     })
@@ -180,9 +184,11 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
     .argument('[cmd...]', 'the command to run (default /bin/sh)')
     .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml')
     .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
+    // Options after the tag belong to the command (`chroot img /bin/sh -c ...`).
+    .passThroughOptions()
     .action(async (tag: string | undefined, cmd: string[], f: { stackerFile: string; substitute: string[] }) => {
       const c = ctx()
-      const code = await chroot(session(c), {
+      const code = await B.chroot(session(c), {
         stackerFile: f.stackerFile,
         substitute: f.substitute,
         ...(tag !== undefined ? { tag } : {}),
@@ -199,7 +205,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
     .option('--substitute <KEY=VALUE>', 'variable to substitute in stackerfiles (repeatable)', collect, [])
     .action(async (spec: string, f: { stackerFile: string; substitute: string[] }) => {
       const c = ctx()
-      await grab(session(c), { spec, stackerFile: f.stackerFile, substitute: f.substitute, dest: process.cwd() })
+      await B.grab(session(c), { spec, stackerFile: f.stackerFile, substitute: f.substitute, dest: process.cwd() })
     })
 
   program
@@ -208,7 +214,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
     .argument('[tag]', 'one image (default: all)')
     .action(async (tag: string | undefined) => {
       const c = ctx()
-      process.stdout.write(await inspect(session(c), tag))
+      process.stdout.write(await B.inspect(session(c), tag))
     })
 
   program
@@ -216,21 +222,21 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
     .description('removes the roots dir, the OCI output and the cache')
     .option('--all', 'no effect (kept for compatibility)')
     .action(async () => {
-      await clean(session(ctx()))
+      await B.clean(session(ctx()))
     })
 
   program
     .command('check')
     .description('checks that this machine can build: overlay support and the tools stacker runs')
     .action(async () => {
-      await check(session(ctx()))
+      await B.check(session(ctx()))
     })
 
   program
     .command('gc')
     .description('removes unreferenced blobs and layer contents')
     .action(async () => {
-      await gc(session(ctx()))
+      await B.gc(session(ctx()))
     })
 
   program
@@ -258,7 +264,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
 
   const internal = program.command('internal-go', { hidden: true }).description('internal helpers')
   internal.command('testsuite-check-overlay').action(async () => {
-    const code = await internalCheckOverlay(session(ctx()))
+    const code = await B.internalCheckOverlay(session(ctx()))
     process.exitCode = code
   })
 }

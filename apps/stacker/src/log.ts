@@ -11,17 +11,23 @@ export interface RendererOptions {
   progress: boolean
 }
 
-/** Renders log records as upstream does: `<msg>[ key=value...]`, one per line, on stderr (or a file). */
+/** Renders log records as upstream does: `<msg>[ key=value...]`, one per line, on stderr (or a file).
+ *  Progress events become a live display (bytes, rate, one line per blob) when progress is on and
+ *  stderr is a terminal, plain `Copying blob ...` lines when progress is on elsewhere, and nothing
+ *  (debug lines only) when it is off. */
 export class Renderer {
   readonly logger: Logger
   readonly #opts: RendererOptions
   readonly #file: WriteStream | undefined
-  readonly #progress = new Map<string, ProgressEvent>()
-  #progressShown = false
+  readonly #live: boolean
+  readonly #transfers = new Map<string, Transfer>()
+  #shownLines = 0
+  #redrawTimer: NodeJS.Timeout | undefined
 
   constructor(opts: RendererOptions) {
     this.#opts = opts
     this.#file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'w' }) : undefined
+    this.#live = opts.progress && !this.#file && !!process.stderr.isTTY
     this.logger = createLogger(
       (r) => this.#write(r),
       (e) => this.#onProgress(e),
@@ -42,6 +48,7 @@ export class Renderer {
     if (this.#opts.timestamps) line = `${new Date().toISOString()} ${line}`
     this.#clearProgress()
     this.#out(`${line}\n`)
+    this.#drawProgress()
   }
 
   #out(s: string): void {
@@ -51,48 +58,106 @@ export class Renderer {
 
   #onProgress(e: ProgressEvent): void {
     if (this.#opts.quiet) return
-    if (!this.#opts.progress || this.#file) {
-      // Plain mode: one line when a transfer finishes.
-      if (e.done)
-        this.#write({
-          level: 'info',
-          msg: `${progressVerb(e)} ${e.label}: ${humanBytes(e.current)} done`,
-          fields: undefined,
-          prefix: undefined,
-        })
+    const now = performance.now()
+    let t = this.#transfers.get(e.id)
+    const first = t === undefined
+    if (!t) {
+      t = { event: e, start: now, startBytes: e.current, last: now }
+      this.#transfers.set(e.id, t)
+    }
+    t.event = e
+    t.last = now
+    if (e.done) this.#transfers.delete(e.id)
+    const verb = progressVerb(e)
+    if (!this.#opts.progress) {
+      if (e.done) this.#write(record('debug', `${verb} ${e.label} done ${humanBytes(e.current)}`))
       return
     }
-    if (e.done) this.#progress.delete(e.id)
-    else this.#progress.set(e.id, e)
+    if (!this.#live) {
+      // Plain lines, as containers/image prints them when stderr is not a terminal.
+      if (first) this.#write(record('info', `${verb} ${e.label}`))
+      if (e.done) this.#write(record('info', `${verb} ${e.label} done ${summary(t)}`))
+      return
+    }
+    if (e.done) {
+      this.#write(record('info', `${verb} ${e.label} done ${summary(t)}`))
+      return
+    }
+    // Redraw at most ten times a second: a fast local transfer sends many events.
+    if (first) this.#redraw()
+    else this.#redrawTimer ??= setTimeout(() => this.#redraw(), 100).unref()
+  }
+
+  #redraw(): void {
+    if (this.#redrawTimer) clearTimeout(this.#redrawTimer)
+    this.#redrawTimer = undefined
+    this.#clearProgress()
     this.#drawProgress()
   }
 
   #drawProgress(): void {
-    this.#clearProgress()
-    const lines = [...this.#progress.values()].slice(-6).map((e) => {
-      const total = e.total ? ` / ${humanBytes(e.total)}` : ''
-      return `${progressVerb(e)} ${e.label} ${humanBytes(e.current)}${total}`
-    })
-    if (lines.length) {
-      process.stderr.write(`${lines.join('\n')}\n`)
-      this.#progressShown = true
-      this.#shownLines = lines.length
-    }
+    if (!this.#live || this.#shownLines > 0 || this.#transfers.size === 0) return
+    const width = Math.max(20, (process.stderr.columns || 80) - 1)
+    const shown = [...this.#transfers.values()].slice(-MAX_LIVE_LINES)
+    // A wrapped line would throw off the cursor-up count used to erase the display.
+    const lines = shown.map((t) => liveLine(t).slice(0, width))
+    process.stderr.write(`${lines.join('\n')}\n`)
+    this.#shownLines = lines.length
   }
 
-  #shownLines = 0
   #clearProgress(): void {
-    if (!this.#progressShown) return
+    if (this.#shownLines === 0) return
     process.stderr.write(`\x1b[${this.#shownLines}A\x1b[J`)
-    this.#progressShown = false
     this.#shownLines = 0
   }
 
   async close(): Promise<void> {
+    if (this.#redrawTimer) clearTimeout(this.#redrawTimer)
+    this.#redrawTimer = undefined
     this.#clearProgress()
+    this.#transfers.clear()
     const f = this.#file
     if (f) await new Promise<void>((resolve) => f.end(resolve))
   }
+}
+
+const MAX_LIVE_LINES = 8
+
+interface Transfer {
+  event: ProgressEvent
+  /** When the first event arrived and how many bytes it already counted: the rate is measured from there. */
+  start: number
+  startBytes: number
+  last: number
+}
+
+function record(level: LogLevel, msg: string): LogRecord {
+  return { level, msg, fields: undefined, prefix: undefined }
+}
+
+/** Bytes per second since the first event, once there is something to measure. */
+function rate(t: Transfer): number | undefined {
+  const secs = (t.last - t.start) / 1000
+  const bytes = t.event.current - t.startBytes
+  return secs > 0.05 && bytes > 0 ? bytes / secs : undefined
+}
+
+function summary(t: Transfer): string {
+  const r = rate(t)
+  return r === undefined ? humanBytes(t.event.current) : `${humanBytes(t.event.current)} ${humanBytes(r)}/s`
+}
+
+function liveLine(t: Transfer): string {
+  const e = t.event
+  const r = rate(t)
+  const speed = r === undefined ? '' : `  ${humanBytes(r)}/s`
+  if (!e.total) return `${progressVerb(e)} ${e.label}  ${humanBytes(e.current)}${speed}`
+  const frac = Math.min(1, e.current / e.total)
+  const barWidth = 20
+  const filled = Math.round(frac * barWidth)
+  const bar = `[${'='.repeat(filled)}${' '.repeat(barWidth - filled)}]`
+  // The bar goes last: on a narrow terminal it is what gets cut, not the numbers.
+  return `${progressVerb(e)} ${e.label}  ${humanBytes(e.current)} / ${humanBytes(e.total)}${speed}  ${bar}`
 }
 
 function progressVerb(e: ProgressEvent): string {

@@ -1,16 +1,21 @@
 import { readFileSync } from 'node:fs'
+import { setTimeout as delay } from 'node:timers/promises'
 import { Command, CommanderError, Option } from 'commander'
 import { runCleanups, StackerError, toStackerError } from '@stacker/core'
 import { Renderer } from './log.js'
 import { registerCommands } from './commands.js'
 
+// Compiled, this file is dist/main.js; bundled, dist/bundle/main.js: the package file is one or two up.
 export const VERSION: string = (() => {
-  try {
-    const pj = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: string }
-    return pj.version ?? '0.0.0'
-  } catch {
-    return '0.0.0'
+  for (const rel of ['../package.json', '../../package.json']) {
+    try {
+      const pj = JSON.parse(readFileSync(new URL(rel, import.meta.url), 'utf8')) as { name?: string; version?: string }
+      if (pj.name === '@stacker/cli' && pj.version) return pj.version
+    } catch {
+      // not here; try the next place
+    }
   }
+  return '0.0.0'
 })()
 
 export interface GlobalFlags {
@@ -28,7 +33,15 @@ export interface GlobalFlags {
   internalUserns?: boolean
 }
 
-export function buildProgram(state: { renderer?: Renderer }): Command {
+// After an interrupt, work under way gets this long to unwind through its own cleanup before the
+// process exits anyway; something that does not watch the abort signal (a long extraction) is not
+// waited for: the next run clears what it leaves.
+const INTERRUPT_GRACE_MS = 5000
+
+export function buildProgram(
+  state: { renderer?: Renderer },
+  signal: AbortSignal = new AbortController().signal,
+): Command {
   const program = new Command('stacker')
   program
     .description('stacker builds OCI images from a declarative stacker.yaml')
@@ -73,7 +86,7 @@ export function buildProgram(state: { renderer?: Renderer }): Command {
   })
   registerCommands(program, () => {
     if (!state.renderer) throw new StackerError('INTERNAL', 'logger not initialised')
-    return { renderer: state.renderer, flags: program.opts<GlobalFlags>(), version: VERSION }
+    return { renderer: state.renderer, flags: program.opts<GlobalFlags>(), version: VERSION, signal }
   })
   return program
 }
@@ -82,15 +95,31 @@ export async function main(argv: string[]): Promise<void> {
   const state: { renderer?: Renderer } = {}
   const debug = argv.includes('--debug')
   let interrupted = false
+  let interruptCode = 0
+  const abort = new AbortController()
+  let settle: () => void = () => {}
+  const settled = new Promise<void>((res) => {
+    settle = res
+  })
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupted) return
     interrupted = true
-    process.stderr.write(`error: interrupted by ${sig}\n`)
-    void runCleanups().finally(() => process.exit(sig === 'SIGINT' ? 130 : 143))
+    interruptCode = sig === 'SIGINT' ? 130 : 143
+    // Abort first, so nothing new starts while the cleanups kill containers and unmount.
+    abort.abort(new StackerError('INTERRUPTED', `interrupted by ${sig}`))
+    void (async () => {
+      await runCleanups()
+      await Promise.race([settled, delay(INTERRUPT_GRACE_MS)])
+      // What was registered while the work unwound.
+      await runCleanups()
+      await state.renderer?.close()
+      process.stderr.write(`error: interrupted by ${sig}\n`)
+      process.exit(interruptCode)
+    })()
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-  const program = buildProgram(state)
+  const program = buildProgram(state, abort.signal)
   let code = 0
   try {
     if (argv.length === 0) {
@@ -99,12 +128,16 @@ export async function main(argv: string[]): Promise<void> {
       await program.parseAsync(argv, { from: 'user' })
     }
   } catch (e) {
-    code = reportError(e, debug)
+    // After an interrupt the failure is a consequence of it; the interrupt is what gets reported.
+    code = interrupted ? interruptCode : reportError(e, debug)
   } finally {
     await runCleanups()
-    await state.renderer?.close()
+    if (!interrupted) await state.renderer?.close()
+    settle()
   }
-  if (!interrupted) process.exitCode = code
+  // A command that finished with its own status (chroot's child, the overlay check) keeps it.
+  if (interrupted) process.exitCode = interruptCode
+  else if (code !== 0 || process.exitCode === undefined) process.exitCode = code
 }
 
 function reportError(e: unknown, debug: boolean): number {

@@ -33,7 +33,7 @@ import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
 import { openStorage, type OpenStorage } from './storage.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
-import { copyTree, exists } from './util.js'
+import { abortable, copyTree, exists } from './util.js'
 
 export async function build(s: Session, o: BuildOptions): Promise<void> {
   const { logger } = s
@@ -77,7 +77,13 @@ export async function createContext(
     hashes: await HashCache.open(join(s.dirs.stackerDir, 'hash-cache.json')),
     set,
     opts: o,
-    outputs: o.layerTypes.map((type): OutputType => ({ type, verity: type !== 'tar' && o.verity })),
+    outputs: o.layerTypes.map(
+      (type): OutputType => ({
+        type,
+        verity: type !== 'tar' && o.verity,
+        ...(type === 'tar' && o.tarCompression === 'zstd' ? { tarCompression: 'zstd' as const } : {}),
+      }),
+    ),
     built: new Map(),
     runtimeDir: storage.runtimeDir,
   }
@@ -97,11 +103,17 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const done = new Map<string, Promise<BuiltLayer>>()
   const tagged: Array<{ layer: Layer; tags: Array<[string, Descriptor]> } | undefined> = new Array(order.length)
   let frontier = 0
-  const flushTags = async () => {
-    while (frontier < order.length && tagged[frontier]) {
-      for (const [tag, desc] of tagged[frontier]?.tags ?? []) await ctx.layout.setTag(tag, desc)
-      frontier++
-    }
+  // Flushes run one at a time: two interleaved loops would both advance `frontier` past one entry
+  // and leave a layer untagged.
+  let flushing: Promise<void> = Promise.resolve()
+  const flushTags = (): Promise<void> => {
+    flushing = flushing.then(async () => {
+      while (frontier < order.length && tagged[frontier]) {
+        for (const [tag, desc] of tagged[frontier]?.tags ?? []) await ctx.layout.setTag(tag, desc)
+        frontier++
+      }
+    })
+    return flushing
   }
   const slots = new Semaphore(ctx.opts.jobs)
   const results = order.map((layer, i) => {
@@ -112,6 +124,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
       }
       await slots.acquire()
       try {
+        ctx.s.signal?.throwIfAborted()
         const log = ctx.opts.jobs > 1 ? ctx.logger.child(layer.name) : ctx.logger
         const r = await buildLayer({ ...ctx, logger: log }, layer)
         tagged[i] = { layer, tags: r.tags }
@@ -251,9 +264,10 @@ async function buildLayer(
   const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
   const overlayNote = `stacker overlay dir for ${layer.name}`
   for (const od of overlayDirs) {
-    const id = `ovl_${digestHex(sha256Digest(`${od.digest}|${od.dest}`)).slice(0, 32)}`
+    // `owner0`: contents made before the copy dropped host ownership must not be reused.
+    const id = `ovl_${digestHex(sha256Digest(`${od.digest}|${od.dest}|owner0`)).slice(0, 32)}`
     await ctx.store.ensureContent(id, async (dir) => {
-      await copyTree(od.source, join(dir, od.dest), { contents: true })
+      await copyTree(od.source, join(dir, od.dest), { contents: true, ownership: false })
     })
     chain.push(id)
     chainNotes.push(overlayNote)
@@ -265,7 +279,7 @@ async function buildLayer(
     }
   if (base.tarball) {
     log.info(`unpacking ${base.tarball}`)
-    await extractTarLayer(createReadStream(base.tarball), ws.upper, {
+    await extractTarLayer(abortable(createReadStream(base.tarball), ctx.s.signal), ws.upper, {
       whiteouts: 'keep',
       compression: 'auto',
       sourceDescription: base.tarball,
@@ -274,6 +288,8 @@ async function buildLayer(
   if (layer.run.length) {
     const importsDir = await stageImports(ctx, layer, imports)
     await openChain(ctx, chain)
+    // A mount made after an interrupt's cleanups have run would outlive the process.
+    ctx.s.signal?.throwIfAborted()
     const mount = await ctx.store.mount({ lower: chain, upper: ws.upper, work: ws.work, target: ws.rootfs })
     try {
       await runScript(ctx, layer, { rootfs: ws.rootfs, upper: ws.upper, importsDir })

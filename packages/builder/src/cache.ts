@@ -1,6 +1,14 @@
 import { readFile, rm, mkdir, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
-import { atomicWriteFile, canonicalJson, digestHex, sha256Digest, type Digest, type Logger } from '@stacker/core'
+import {
+  atomicWriteFile,
+  canonicalJson,
+  digestHex,
+  isDigest,
+  sha256Digest,
+  type Digest,
+  type Logger,
+} from '@stacker/core'
 import type { Descriptor } from '@stacker/oci'
 import { changedPaths, type TreeEntry } from './hashing.js'
 
@@ -100,14 +108,29 @@ export class BuildCache {
   }
 
   async get(key: Digest): Promise<CacheEntry | undefined> {
-    const e = await this.#readJson<CacheEntry>(join(this.#dir, 'entries', `${digestHex(key)}.json`), key)
-    if (!e || e.key !== key || !Array.isArray(e.chain) || typeof e.outputs !== 'object') return undefined
+    if (typeof key !== 'string' || !isDigest(key)) return undefined
+    const file = join(this.#dir, 'entries', `${digestHex(key)}.json`)
+    const e = await this.#readJson<unknown>(file, key)
+    if (e === undefined) return undefined
+    if (!isCacheEntry(e, key)) {
+      this.#logger.warn(`corrupt cache file ${file} discarded`)
+      await rm(file, { force: true })
+      return undefined
+    }
     return e
   }
 
   async lastFor(name: string): Promise<CacheEntry | undefined> {
-    const ref = await this.#readJson<{ version: number; key: Digest }>(join(this.#dir, 'names', nameFile(name)), name)
-    return ref ? this.get(ref.key) : undefined
+    const file = join(this.#dir, 'names', nameFile(name))
+    const ref = await this.#readJson<{ version: number; key: unknown }>(file, name)
+    if (!ref) return undefined
+    // The key names a file: anything but a digest is damage (and must not lead outside entries/).
+    if (typeof ref.key !== 'string' || !isDigest(ref.key)) {
+      this.#logger.warn(`corrupt cache file ${file} discarded`)
+      await rm(file, { force: true })
+      return undefined
+    }
+    return this.get(ref.key)
   }
 
   async put(entry: CacheEntry): Promise<void> {
@@ -129,6 +152,26 @@ export class BuildCache {
     }
     return out
   }
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v)
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string')
+
+/** Whether a parsed record has the shape of a CacheEntry for `key`: a damaged record that parses as
+ *  JSON must be a miss, not a crash later on (or a hit with a wrong filesystem). */
+function isCacheEntry(e: unknown, key: Digest): e is CacheEntry {
+  if (!isObject(e) || e.key !== key || typeof e.name !== 'string' || typeof e.buildOnly !== 'boolean') return false
+  if (!isStringArray(e.chain) || !isStringArray(e.chainNotes) || e.chainNotes.length !== e.chain.length) return false
+  if (!isObject(e.outputs) || !isObject(e.origin) || !Array.isArray(e.generatedLabels)) return false
+  const p = e.parts
+  return (
+    isObject(p) &&
+    typeof p.base === 'string' &&
+    Array.isArray(p.imports) &&
+    Array.isArray(p.overlayDirs) &&
+    'definition' in p &&
+    (p.sourceDateEpoch === null || typeof p.sourceDateEpoch === 'number')
+  )
 }
 
 function nameFile(name: string): string {

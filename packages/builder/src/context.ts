@@ -5,7 +5,7 @@ import type { OverlayStore } from '@stacker/overlay'
 import type { Layer, StackerfileSet } from '@stacker/stackerfile'
 import type { BuildCache, CacheEntry } from './cache.js'
 import type { HashCache } from './hashing.js'
-import type { OutputType, Session } from './types.js'
+import type { OutputType, Session, TarCompression } from './types.js'
 
 export interface BuildOptions {
   stackerFiles: string[]
@@ -19,6 +19,8 @@ export interface BuildOptions {
   orderOnly: boolean
   annotationsNamespace: string
   jobs: number
+  /** Compression of generated tar layers (default gzip). */
+  tarCompression?: TarCompression
 }
 
 /** A layer that is available to later layers: built in this run, or found in the cache. */

@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs'
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises'
 import { join } from 'node:path'
-import { atomicWriteFile, Hasher, sha256Digest, type Digest } from '@stacker/core'
+import { atomicWriteFile, Hasher, isDigest, sha256Digest, type Digest } from '@stacker/core'
 
 interface StatKey {
   dev: number
@@ -30,7 +30,7 @@ export class HashCache {
         entries: Array<[string, StatKey, Digest]>
       }
       if (raw.version === 1 && Array.isArray(raw.entries))
-        for (const [p, k, d] of raw.entries) c.#entries.set(p, { k, d })
+        for (const e of raw.entries) if (isRecord(e)) c.#entries.set(e[0], { k: e[1], d: e[2] })
     } catch {
       // Missing or corrupt: start empty; digests are recomputed.
     }
@@ -68,6 +68,22 @@ export class HashCache {
     await atomicWriteFile(this.#file, JSON.stringify({ version: 1, entries }))
     this.#dirty = false
   }
+}
+
+/** A damaged record is skipped (its file is hashed again), never trusted or fatal. */
+function isRecord(e: unknown): e is [string, StatKey, Digest] {
+  if (!Array.isArray(e) || e.length !== 3) return false
+  const [p, k, d] = e as [unknown, unknown, unknown]
+  if (typeof p !== 'string' || typeof d !== 'string' || !isDigest(d)) return false
+  if (typeof k !== 'object' || k === null) return false
+  const sk = k as Record<string, unknown>
+  return (
+    typeof sk.dev === 'number' &&
+    typeof sk.ino === 'number' &&
+    typeof sk.size === 'number' &&
+    typeof sk.mtimeNs === 'string' &&
+    typeof sk.ctimeNs === 'string'
+  )
 }
 
 export async function hashFile(path: string): Promise<Digest> {

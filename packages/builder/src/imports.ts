@@ -10,6 +10,7 @@ import type { ImportPart } from './cache.js'
 import { openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
 import { copyTree, exists, schemeOf } from './util.js'
+import { RUN_SCRIPT } from './run.js'
 
 export interface ResolvedImport {
   spec: ImportSpec
@@ -164,9 +165,10 @@ export async function copyImport(
   imp: ResolvedImport,
   target: string,
   contents: boolean,
+  opts: { link?: boolean } = {},
 ): Promise<void> {
   if (imp.local) {
-    await copyTree(imp.local, target, { contents })
+    await copyTree(imp.local, target, { contents, ...(opts.link ? { link: true } : {}) })
     return
   }
   if (!imp.stacker) throw new StackerError('IMPORT', `couldn't find import ${imp.spec.path}`, { pos: imp.spec.pos })
@@ -225,9 +227,12 @@ export async function stageImports(
     else {
       const target = join(dir, name)
       await rm(target, { recursive: true, force: true })
-      await copyImport(ctx, imp, target, false)
+      // The staged tree is only ever mounted read-only, so local files are hard-linked, not copied.
+      await copyImport(ctx, imp, target, false, { link: true })
     }
   }
+  // The run script is written here next; an imported file of that name must not be written through.
+  await rm(join(dir, RUN_SCRIPT), { force: true })
   return dir
 }
 

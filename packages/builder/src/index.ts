@@ -3,12 +3,15 @@ export { chroot, grab, inspect, clean, check, gc, internalCheckOverlay } from '.
 export { publish, type PublishOptions } from './publish.js'
 export {
   parseLayerTypes,
+  parseTarCompression,
   tagFor,
   LAYER_TYPES,
   type LayerType,
   type Session,
   type SessionDirs,
   type OutputType,
+  type TarCompression,
+  TAR_COMPRESSIONS,
 } from './types.js'
 export type { BuildOptions } from './context.js'
 export { containerConfig, DEFAULT_PATH_ENV } from './image.js'

@@ -15,6 +15,10 @@ export interface Projection {
 
 const inflight = new Map<string, Promise<Projection | undefined>>()
 
+/** Names the compressor of compressed tar projections: blobs recorded with another one (node's
+ *  zlib, before pigz) have other digests, so their records are not reused. */
+const TAR_WRITER = 'pigz'
+
 /** The blob of content dir `id` in output type `out`: generated once and remembered in
  *  `<stacker-dir>/projections/`, so adding a layer type later writes only that type's blobs, from the
  *  same filesystem. `undefined` when the content dir is empty (an empty diff adds no layer). */
@@ -25,7 +29,8 @@ export function projectContent(
   opts: { uncompressed?: boolean } = {},
 ): Promise<Projection | undefined> {
   const sde = ctx.s.sourceDateEpoch ?? 'none'
-  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}.${sde}.v${CACHE_VERSION}`
+  const writer = out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : ''
+  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}.${sde}.v${CACHE_VERSION}${writer}`
   const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
   const key = `${ctx.layout.dir}|${recordFile}`
   let p = inflight.get(key)
@@ -58,14 +63,27 @@ async function generate(
   }
   const sde = ctx.s.sourceDateEpoch
   let projection: Projection | undefined
+  const progressId = `layer:${id}:${outputKey(out)}`
+  const label = `${id.slice(0, 14)} (${out.type})`
   if (out.type === 'tar') {
+    let reported = -1
     const r = await writeTarLayer(dir, ctx.layout.createBlobWriter(), {
-      compression: opts.uncompressed ? 'none' : 'gzip',
+      compression: opts.uncompressed ? 'none' : (out.tarCompression ?? 'gzip'),
       ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
       logger: ctx.logger,
+      onProgress: (bytes) => {
+        // Reported in 1 MiB steps, as pulls and pushes are, so a big layer doesn't flood the logger.
+        if (reported >= 0 && bytes - reported < 1 << 20) return
+        reported = bytes
+        ctx.logger.progress({ id: progressId, kind: 'layer', label, current: bytes })
+      },
     })
-    if (r) projection = { descriptor: r.descriptor, diffId: r.diffId }
+    if (r) {
+      projection = { descriptor: r.descriptor, diffId: r.diffId }
+      ctx.logger.progress({ id: progressId, kind: 'layer', label, current: r.uncompressedSize, done: true })
+    }
   } else {
+    ctx.logger.progress({ id: progressId, kind: 'layer', label, current: 0 })
     const tmp = join(ctx.layout.dir, '.tmp')
     await mkdir(tmp, { recursive: true })
     const r = await writeFsImage(dir, tmp, {
@@ -80,6 +98,7 @@ async function generate(
       if (Object.keys(r.annotations).length) descriptor.annotations = { ...r.annotations }
       // Upstream sets a squashfs/erofs layer's diff_id to its digest: there is no uncompressed form.
       projection = { descriptor, diffId: blob.digest }
+      ctx.logger.progress({ id: progressId, kind: 'layer', label, current: blob.size, done: true })
     }
   }
   await atomicWriteFile(recordFile, JSON.stringify(projection ? { projection } : { empty: true }))

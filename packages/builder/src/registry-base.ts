@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
-import { lookupAuth, parseImageRef, pullImage, RegistryClient } from '@stacker/registry'
+import { parseImageRef, pullImage, RegistryClient } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
 import { contentIdForBlob, type BaseImage } from './bases.js'
 import type { BuildContext } from './context.js'
@@ -10,21 +10,34 @@ import type { BuildContext } from './context.js'
 /** Pulls a `docker://` base into `<stacker-dir>/layer-bases/oci`, cached by manifest digest: blobs
  *  already held are not fetched again, and when the registry cannot be reached a cached copy is used. */
 export async function pullBase(ctx: BuildContext, layer: Layer, url: string): Promise<BaseImage> {
+  const dir = join(ctx.s.dirs.stackerDir, 'layer-bases', 'oci')
+  // Layers building in parallel often share a base (or its blobs): one pull at a time into the
+  // layout, so the second finds the blobs the first fetched instead of fetching them again.
+  const prev = pulling.get(dir) ?? Promise.resolve()
+  const mine = prev.then(() => pullBaseNow(ctx, layer, url, dir))
+  const tail = mine.then(
+    () => {},
+    () => {},
+  )
+  pulling.set(dir, tail)
+  try {
+    return await mine
+  } finally {
+    if (pulling.get(dir) === tail) pulling.delete(dir)
+  }
+}
+
+const pulling = new Map<string, Promise<void>>()
+
+async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: string): Promise<BaseImage> {
   const ref = parseImageRef(url)
-  const layout = await OciLayout.open(join(ctx.s.dirs.stackerDir, 'layer-bases', 'oci'), {
-    create: true,
-    logger: ctx.logger,
-  })
+  const layout = await OciLayout.open(dir, { create: true, logger: ctx.logger })
   const cacheTag = `b${createHash('sha256').update(`${ref.toString()}|${layer.os}|${layer.arch}`).digest('hex').slice(0, 40)}`
   const cached = await layout.getTag(cacheTag)
   let descriptor = cached
   if (!(ref.digest && cached && cached.digest === ref.digest)) {
-    const credentials = await lookupAuth(ref.registry, ref.repository)
-    const client = new RegistryClient(ref, {
-      insecure: !!layer.from?.insecure,
-      ...(credentials ? { credentials } : {}),
-      logger: ctx.logger,
-    })
+    // The client finds credentials in auth.json itself, and so can name their source in a 401.
+    const client = new RegistryClient(ref, { insecure: !!layer.from?.insecure, logger: ctx.logger })
     try {
       ctx.logger.info(`loading ${url}`)
       descriptor = await pullImage({
@@ -43,6 +56,8 @@ export async function pullBase(ctx: BuildContext, layer: Layer, url: string): Pr
       if (!cached || !unreachable) throw err
       ctx.logger.warn(`${err.message}; using the cached copy of ${url} (${cached.digest})`)
       descriptor = cached
+    } finally {
+      client.close()
     }
   }
   if (!descriptor) throw new StackerError('REGISTRY', `couldn't pull ${url}`)

@@ -90,6 +90,7 @@ export async function runScript(
     stateDir: ctx.runtimeDir,
     id: layer.name,
     logger: ctx.logger,
+    ...(ctx.s.signal !== undefined ? { signal: ctx.s.signal } : {}),
   })
   ;(onOutput as { flush?: () => void }).flush?.()
   if (r.exitCode !== 0) {

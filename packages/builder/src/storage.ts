@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { acquireStorageLocks, checkOverlay, initStorage, OverlayStore, type Lock } from '@stacker/overlay'
+import { removeStaleContainers } from '@stacker/runtime'
 import type { Session } from './types.js'
 
 export interface OpenStorage {
@@ -17,8 +18,10 @@ export async function openStorage(s: Session): Promise<OpenStorage> {
   const lock = await acquireStorageLocks(stackerDir, rootsDir)
   try {
     await checkOverlay(rootsDir)
-    const store = await OverlayStore.open(rootsDir, { logger: s.logger })
     const runtimeDir = join(stackerDir, 'runc')
+    // Containers of a killed stacker still run in its build dirs: stop them before those are removed.
+    await removeStaleContainers(runtimeDir, { logger: s.logger })
+    const store = await OverlayStore.open(rootsDir, { logger: s.logger })
     await mkdir(runtimeDir, { recursive: true })
     return { store, lock, runtimeDir }
   } catch (e) {

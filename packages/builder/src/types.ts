@@ -7,6 +7,19 @@ export type LayerType = (typeof LAYER_TYPES)[number]
 export interface OutputType {
   type: LayerType
   verity: boolean
+  /** How tar layers are compressed; absent means gzip. */
+  tarCompression?: TarCompression
+}
+
+export const TAR_COMPRESSIONS = ['gzip', 'zstd'] as const
+export type TarCompression = (typeof TAR_COMPRESSIONS)[number]
+
+/** Parses `--tar-compression`: gzip (the default, what every runtime reads) or zstd. */
+export function parseTarCompression(value: string | undefined): TarCompression {
+  if (value === undefined) return 'gzip'
+  if (!(TAR_COMPRESSIONS as readonly string[]).includes(value))
+    throw new StackerError('USAGE', `unknown tar compression: ${value} (expected gzip or zstd)`)
+  return value as TarCompression
 }
 
 export interface SessionDirs {
@@ -28,6 +41,9 @@ export interface Session {
   /** Where container output goes (upstream: stacker's stdout). */
   output(chunk: Uint8Array): void
   interactive: boolean
+  /** Aborted when the user interrupts (SIGINT/SIGTERM): no new layer, mount or container is started
+   *  after it, and running containers are killed, so the command unwinds through its own cleanup. */
+  signal?: AbortSignal | undefined
 }
 
 /** Parses repeated `--layer-type` values: giving the flag replaces the default `tar`. */
@@ -49,5 +65,8 @@ export function tagFor(name: string, type: LayerType): string {
 
 /** The key of an output type in cache records (upstream spells them `tar+false`, `squashfs+true`). */
 export function outputKey(t: OutputType): string {
-  return `${t.type}+${t.type === 'tar' ? false : t.verity}`
+  // zstd tar layers are a different output: they get their own key, so cached gzip outputs are
+  // never reused for them or the reverse.
+  const zstd = t.type === 'tar' && t.tarCompression === 'zstd' ? '+zstd' : ''
+  return `${t.type}+${t.type === 'tar' ? false : t.verity}${zstd}`
 }

@@ -1,14 +1,30 @@
-import { lstat, mkdir } from 'node:fs/promises'
+import { lstat, mkdir, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
+import { addAbortSignal, type Readable } from 'node:stream'
 import { execa } from 'execa'
 import { StackerError } from '@stacker/core'
 
 /** `cp -a`: keeps modes, owners, times, xattrs, hardlinks, symlinks and devices. `dst` must not exist
- *  when `contents` is false; with `contents`, the entries of `src` are copied into the dir `dst`. */
-export async function copyTree(src: string, dst: string, opts: { contents?: boolean } = {}): Promise<void> {
+ *  when `contents` is false; with `contents`, the entries of `src` are copied into the dir `dst`.
+ *  `link` hard-links files instead of copying them where it can: only for copies nothing writes to,
+ *  and only into a fresh `dst` (a failed attempt is removed before the copy).
+ *  `ownership: false` makes the copy owned by the copier instead (overlay_dirs, like upstream). */
+export async function copyTree(
+  src: string,
+  dst: string,
+  opts: { contents?: boolean; ownership?: boolean; link?: boolean } = {},
+): Promise<void> {
   await mkdir(opts.contents ? dst : dirname(dst), { recursive: true })
   const from = opts.contents ? `${src.replace(/\/+$/, '')}/.` : src
-  const r = await execa('cp', ['-a', '--no-target-directory', from, dst], { reject: false, all: true })
+  if (opts.link) {
+    // Hard links cost no copy; across filesystems (or where links are refused) a copy follows.
+    const r = await execa('cp', ['-a', '--link', '--no-target-directory', from, dst], { reject: false })
+    if (r.exitCode === 0) return
+    await rm(dst, { recursive: true, force: true })
+    await mkdir(opts.contents ? dst : dirname(dst), { recursive: true })
+  }
+  const keep = opts.ownership === false ? ['--no-preserve=ownership'] : []
+  const r = await execa('cp', ['-a', ...keep, '--no-target-directory', from, dst], { reject: false, all: true })
   if (r.exitCode !== 0) throw new StackerError('IMPORT', `couldn't copy ${src} to ${dst}: ${lastLine(r.all ?? '')}`)
 }
 
@@ -47,4 +63,11 @@ export async function mapLimit<T, R>(
 export function schemeOf(path: string): string | undefined {
   const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(path)
   return m?.[1]
+}
+
+/** `stream`, destroyed with the signal's reason when the signal aborts, so whoever reads it stops at
+ *  once instead of finishing a long extraction after an interrupt. */
+export function abortable<T extends NodeJS.ReadableStream>(stream: T, signal: AbortSignal | undefined): T {
+  if (signal === undefined) return stream
+  return addAbortSignal(signal, stream as unknown as Readable) as unknown as T
 }

@@ -14,6 +14,7 @@ import {
   fsImageMediaType,
   isOverlayBookkeepingXattr,
   squashfsCompression,
+  supportsXattrs,
   writeFsImage,
 } from '../src/fsimage/index.js'
 import {
@@ -211,5 +212,28 @@ describe.skipIf(!isRoot)('writeFsImage (needs root: mknod, chown)', () => {
     await expect(build(src, { kind: 'erofs', verity: false, compressionLevel: 13 })).rejects.toMatchObject({
       code: 'USAGE',
     })
+  })
+
+  it('builds both kinds from a mounted squashfs that has no xattr support (a base layer opened read-only)', async () => {
+    const src = join(await tempDir(), 'plain')
+    await sh('mkdir', ['-p', join(src, 'd')])
+    await sh('sh', ['-c', `echo hi > ${join(src, 'd', 'f')}`])
+    const img = join(await tempDir(), 'plain.squashfs')
+    // mksquashfs writes no xattr table when the tree has none: the kernel then answers ENOTSUP.
+    expect((await sh('mksquashfs', [src, img, '-no-progress', '-quiet'])).exitCode).toBe(0)
+    const mnt = await tempDir()
+    expect((await sh('mount', ['-t', 'squashfs', '-o', 'loop,ro', img, mnt])).exitCode).toBe(0)
+    try {
+      expect(supportsXattrs(mnt)).toBe(false)
+      for (const kind of ['squashfs', 'erofs'] as const) {
+        const r = await build(mnt, { kind, verity: true })
+        const back = await tempDir()
+        await extractFsImage(r.file, join(back, 'x'), { mediaType: r.mediaType })
+        expect(await readFile(join(back, 'x', 'd', 'f'), 'utf8')).toBe('hi\n')
+      }
+    } finally {
+      await sh('umount', [mnt])
+    }
+    expect(supportsXattrs(src)).toBe(true)
   })
 })

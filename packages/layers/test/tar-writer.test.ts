@@ -411,4 +411,69 @@ describe.runIf(isRoot)('writeTarLayer', () => {
       writeTarLayer(work, fileSink(join(work, 'blob2')), { compression: 'gzip', level: 12 }),
     ).rejects.toMatchObject({ code: 'LAYER' })
   })
+
+  it('writes the same gzip and zstd bytes whatever the compressor thread count', async () => {
+    const src = join(work, 'src')
+    await mkdir(src)
+    await buildTree(src)
+    // More than one pigz block (128 KiB) of incompressible data, so threads have work to split.
+    await writeFile(join(src, 'random.bin'), randomBytes(300 << 10))
+    for (const compression of ['gzip', 'zstd'] as const) {
+      const one = await layerBytes(src, work, { compression, threads: 1 }, `${compression}-t1`)
+      const two = await layerBytes(src, work, { compression, threads: 2 }, `${compression}-t2`)
+      const four = await layerBytes(src, work, { compression, threads: 4 }, `${compression}-t4`)
+      expect(two.result!.descriptor.digest, compression).toBe(one.result!.descriptor.digest)
+      expect(four.result!.descriptor.digest, compression).toBe(one.result!.descriptor.digest)
+    }
+    const gz = await readFile(join(work, 'gzip-t2'))
+    const raw = await layerBytes(src, work, { compression: 'none' }, 'raw')
+    expect(gunzipSync(gz).equals(raw.data)).toBe(true)
+  })
+
+  it('emits entries of large directories in order with read-ahead, small and large bodies intact', async () => {
+    const src = join(work, 'src')
+    await mkdir(join(src, 'many'), { recursive: true })
+    // Sizes around the read-ahead limit: empty, small, exactly 256 KiB, just over, and more.
+    const sizes = [0, 1, 4096, 256 << 10, (256 << 10) + 1, 600 << 10]
+    for (let i = 0; i < 60; i++) {
+      const name = join(src, 'many', `f${String(i).padStart(3, '0')}`)
+      await writeFile(name, randomBytes(sizes[i % sizes.length] as number))
+      if (i % 15 === 0) await link(name, join(src, 'many', `h${i}`))
+      if (i % 20 === 0) await mkdir(join(src, 'many', `d${i}`, 'sub'), { recursive: true })
+    }
+    const { data } = await layerBytes(src, work, { compression: 'none' })
+    const entries = await listTar(data)
+    const names = entries.map((e) => e.name)
+    expect(names).toEqual([...names].sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))))
+    expect(entries.filter((e) => e.type === 'link').map((e) => e.name)).toEqual([
+      'many/h0',
+      'many/h15',
+      'many/h30',
+      'many/h45',
+    ])
+    const out = join(work, 'out')
+    await mkdir(out)
+    await extractTarLayer([data], out, { whiteouts: 'overlay' })
+    const before = await snapshot(src)
+    const after = await snapshot(out)
+    for (const v of [...Object.values(before), ...Object.values(after)]) delete (v as { mtime?: number }).mtime
+    expect(after).toEqual(before)
+  })
+
+  it('keeps the archive well-formed when a small file shrinks after its header went out', async () => {
+    const src = join(work, 'src')
+    await mkdir(src)
+    await writeFile(join(src, 'a'), 'x'.repeat(1000))
+    const it = createTarStream(src)[Symbol.asyncIterator]()
+    const first = await it.next()
+    expect(first.done).toBe(false)
+    // The body of a small file is read with its metadata, before the header is emitted.
+    await writeFile(join(src, 'a'), 'short')
+    const chunks: Uint8Array[] = [first.value as Uint8Array]
+    for (let r = await it.next(); !r.done; r = await it.next()) chunks.push(r.value)
+    const out = join(work, 'out')
+    await mkdir(out)
+    await extractTarLayer([Buffer.concat(chunks)], out, { whiteouts: 'overlay' })
+    expect(await readFile(join(out, 'a'), 'utf8')).toBe('x'.repeat(1000))
+  })
 })

@@ -72,7 +72,12 @@ export async function readBody(res: IncomingMessage, limit: number): Promise<Buf
 
 /** Discards a body so the connection can be reused (or drops it if the body is large). */
 export async function drain(res: IncomingMessage): Promise<void> {
-  if (res.complete) return
+  // A parsed but unread response never emits 'end', and only 'end' hands the socket back to the
+  // pool: left alone it stays referenced and keeps the process alive until the server hangs up.
+  if (res.complete) {
+    res.resume()
+    return
+  }
   try {
     let n = 0
     for await (const chunk of res) {

@@ -9,7 +9,7 @@ export {
 } from './write.js'
 export { appendVerity, verifyVerity } from './verity.js'
 export { fsImageDataSize, detectFsImageKind } from './superblock.js'
-export { stripOverlayXattrs, isOverlayBookkeepingXattr } from './scan.js'
+export { stripOverlayXattrs, isOverlayBookkeepingXattr, supportsXattrs } from './scan.js'
 export {
   type MountedFsImage,
   type OpenMethod,

@@ -26,7 +26,16 @@ export async function stripOverlayXattrs(dir: string): Promise<number> {
   let removed = 0
   let sinceYield = 0
   const strip = (path: string) => {
-    for (const name of listAttributesSync(path)) {
+    let names: string[]
+    try {
+      names = listAttributesSync(path)
+    } catch (e) {
+      // A filesystem without xattr support (e.g. a squashfs image made without them, opened as a
+      // base layer) has none to strip.
+      if (/os error 95|not supported/i.test((e as Error).message)) return
+      throw e
+    }
+    for (const name of names) {
       if (!isOverlayBookkeepingXattr(name)) continue
       removeAttributeSync(path, name)
       removed++
@@ -53,3 +62,15 @@ export async function stripOverlayXattrs(dir: string): Promise<number> {
 }
 
 const YIELD_EVERY = 4096
+
+/** Whether the filesystem holding `path` supports xattrs at all. A squashfs image made without
+ *  xattrs, opened as a base layer, does not: listing them fails with ENOTSUP. */
+export function supportsXattrs(path: string): boolean {
+  try {
+    listAttributesSync(path)
+    return true
+  } catch (e) {
+    if (/os error 95|not supported/i.test((e as Error).message)) return false
+    throw e
+  }
+}

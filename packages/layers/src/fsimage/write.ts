@@ -6,7 +6,7 @@ import { Annotations } from '@stacker/oci'
 import { execa } from 'execa'
 import { run, stringEnv } from './exec.js'
 import { type FsImageKind, fsImageMediaType } from './media-types.js'
-import { stripOverlayXattrs } from './scan.js'
+import { stripOverlayXattrs, supportsXattrs } from './scan.js'
 import { zeroErofsBuildTime } from './superblock.js'
 import { appendVerity } from './verity.js'
 
@@ -105,6 +105,8 @@ async function buildSquashfs(dir: string, file: string, opts: FsImageOptions): P
 async function buildErofs(dir: string, file: string, opts: FsImageOptions): Promise<string> {
   const level = opts.compressionLevel
   const args = ['--quiet', `-U${EROFS_UUID}`]
+  // mkfs.erofs 1.5 fails on a source without xattr support unless xattrs are turned off.
+  if (!supportsXattrs(dir)) args.push('-x-1')
   if (level === undefined) args.push('-zlz4')
   else if (level !== 0) {
     checkLevel('erofs lz4hc', level, 1, 12)
