@@ -269,7 +269,12 @@ async function hostileLayout(dir: string, tarball: Buffer): Promise<void> {
   const diffId = `sha256:${createHash('sha256').update(tarball).digest('hex')}`
   const config = await put(
     Buffer.from(
-      JSON.stringify({ architecture: 'amd64', os: 'linux', rootfs: { type: 'layers', diff_ids: [diffId] }, config: {} }),
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        rootfs: { type: 'layers', diff_ids: [diffId] },
+        config: {},
+      }),
     ),
   )
   const manifest = await put(
@@ -303,7 +308,9 @@ type Entry = { name: string; type?: 'file' | 'symlink' | 'link' | 'directory'; l
 async function tarOf(entries: Entry[]): Promise<Buffer> {
   const p = pack()
   const chunks: Buffer[] = []
-  p.on('data', (c: Buffer) => chunks.push(c))
+  p.on('data', (c: unknown) => {
+    chunks.push(c as Buffer)
+  })
   const done = new Promise<void>((resolve, reject) => {
     p.on('end', resolve)
     p.on('error', reject)
@@ -311,17 +318,16 @@ async function tarOf(entries: Entry[]): Promise<Buffer> {
   for (const e of entries) {
     const type = e.type ?? 'file'
     const body = type === 'file' ? (e.body ?? 'pwned\n') : undefined
+    const header = {
+      name: e.name,
+      type,
+      mode: type === 'directory' ? 0o755 : 0o644,
+      ...(e.linkname !== undefined ? { linkname: e.linkname } : {}),
+    }
     await new Promise<void>((resolve, reject) => {
-      p.entry(
-        {
-          name: e.name,
-          type,
-          mode: type === 'directory' ? 0o755 : 0o644,
-          ...(e.linkname !== undefined ? { linkname: e.linkname } : {}),
-        },
-        body,
-        (err) => (err ? reject(err) : resolve()),
-      )
+      const cb = (err?: Error | null): void => (err ? reject(err) : resolve())
+      if (body === undefined) p.entry(header, cb)
+      else p.entry(header, body, cb)
     })
   }
   p.finalize()
@@ -347,7 +353,9 @@ async function listAll(dir: string, skip: string): Promise<string[]> {
 describe('a hostile base layer', () => {
   // The build may refuse the layer (one clean error) or contain it; either way nothing is written
   // outside the roots dir.
-  async function tryHostile(entries: (tag: string) => Entry[]): Promise<{ r: StackerResult; p: TempProject; tag: string }> {
+  async function tryHostile(
+    entries: (tag: string) => Entry[],
+  ): Promise<{ r: StackerResult; p: TempProject; tag: string }> {
     const tag = randomBytes(6).toString('hex')
     const p = await tempProject({
       'stacker.yaml': 'h:\n  from: {type: oci, url: "hostile:latest"}\n',
@@ -360,7 +368,10 @@ describe('a hostile base layer', () => {
   function expectCleanOutcome(r: StackerResult): void {
     if (r.exitCode === 0) return
     expect(r.exitCode, r.stderr).toBe(1)
-    expect(r.stderr.split('\n').filter((l) => l.startsWith('error:')), r.stderr).toHaveLength(1)
+    expect(
+      r.stderr.split('\n').filter((l) => l.startsWith('error:')),
+      r.stderr,
+    ).toHaveLength(1)
     expect(r.stderr).not.toMatch(/^\s+at .+:\d+:\d+\)?$/m)
     expect(r.timedOut).toBe(false)
   }

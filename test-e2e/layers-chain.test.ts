@@ -24,7 +24,7 @@ import {
   umociUnpack,
 } from './helpers/index.js'
 
-const BUSYBOX = 'from: {type: oci, url: "${{BUSYBOX_OCI}}"}'
+const BUSYBOX = `from: {type: oci, url: "\${{BUSYBOX_OCI}}"}`
 const SDE = { SOURCE_DATE_EPOCH: '1700000000' }
 
 function build(p: TempProject, extra: string[] = []): Promise<StackerResult> {
@@ -153,9 +153,7 @@ l4:
   it('l2 deletes with .wh. entries and replaces a dir by a file and a file by a dir', async () => {
     const entries = await topLayerEntries(oci(), 'l2')
     const names = entries.map((e) => norm(e.name))
-    expect(names).toEqual(
-      expect.arrayContaining(['.wh.d1', '.wh.f1', 'd2/.wh.c', 'd2/new', 'd4', 'f3', 'f3/child']),
-    )
+    expect(names).toEqual(expect.arrayContaining(['.wh.d1', '.wh.f1', 'd2/.wh.c', 'd2/new', 'd4', 'f3', 'f3/child']))
     // A whole deleted dir is one whiteout: nothing below it is listed.
     expect(names.filter((n) => n.startsWith('d1/'))).toEqual([])
     expect(entries.find((e) => norm(e.name) === 'd4')?.type).toBe('file')
@@ -501,7 +499,8 @@ user:
     // The rest of /bin is still the base's.
     expect(existsSync(join(root, 'bin/busybox'))).toBe(true)
     const m = await readManifest(oci(), 'ovl')
-    for (const e of await layerTarEntries(oci(), m.layers[1]!.digest)) expect([e.name, e.uid, e.gid]).toEqual([e.name, 0, 0])
+    for (const e of await layerTarEntries(oci(), m.layers[1]!.digest))
+      expect([e.name, e.uid, e.gid]).toEqual([e.name, 0, 0])
     assertNoMountsUnder(p.dir)
   })
 

@@ -54,7 +54,7 @@ async function project(files: Record<string, string> = {}): Promise<TempProject>
 const bb = (): string => `from: {type: oci, url: "${fixtures().BUSYBOX_OCI}"}`
 
 describe('layer dependencies within a file', () => {
-  it('a built base that is no layer: couldn\'t find dependencies, then one error', async () => {
+  it("a built base that is no layer: couldn't find dependencies, then one error", async () => {
     const p = await project({ 'stacker.yaml': 'test:\n  from:\n    type: built\n    tag: notatag\n' })
     const r = await st(p, ['build'])
     expectCleanError(r, "couldn't resolve some dependencies")
@@ -209,7 +209,7 @@ layer3_2:
     `2 build ${sub3}: requires: [${sub1} ${sub2}]`,
   ]
 
-  it('--order-only prints the file order with each file\'s prerequisites, and builds nothing', async () => {
+  it("--order-only prints the file order with each file's prerequisites, and builds nothing", async () => {
     const r = expectOk(await st(p, ['build', '-f', 'ocibuilds/sub3/stacker.yaml', '--order-only']))
     expect(r.stderr).toContain('stacker build order:')
     expect(orderLines(r)).toEqual(three())
@@ -220,9 +220,7 @@ layer3_2:
 
   it('recursive-build --order-only: default search, -d, and -d with -p', async () => {
     expect(orderLines(expectOk(await st(p, ['recursive-build', '--order-only'])))).toEqual(three())
-    expect(orderLines(expectOk(await st(p, ['recursive-build', '-d', 'ocibuilds', '--order-only'])))).toEqual(
-      three(),
-    )
+    expect(orderLines(expectOk(await st(p, ['recursive-build', '-d', 'ocibuilds', '--order-only'])))).toEqual(three())
     const only2 = expectOk(
       await st(p, ['recursive-build', '--search-dir', 'ocibuilds', '-p', 'sub2/stacker.yaml', '--order-only']),
     )
@@ -250,7 +248,8 @@ layer3_2:
 
   it('recursive-build finds the same files, ignores test_stacker.yaml and .stacker.yaml.swp', async () => {
     const r = expectOk(await st(p, ['recursive-build']))
-    for (const l of ['layer1_2', 'layer2', 'layer3_1', 'layer3_2']) expect(r.stderr).toContain(`found cached layer ${l}`)
+    for (const l of ['layer1_2', 'layer2', 'layer3_1', 'layer3_2'])
+      expect(r.stderr).toContain(`found cached layer ${l}`)
     expect(r.stderr).not.toContain('trolololo')
     expect((await indexTags(p.path('oci'))).sort()).toEqual(['layer1_2', 'layer2', 'layer3_1', 'layer3_2'])
     assertNoMountsUnder(p.dir)
@@ -261,7 +260,8 @@ describe('prerequisite forms', () => {
   it('nested prerequisites make every transitive layer available', async () => {
     const p = await project({
       'stacker1.yaml': `one:\n  ${bb()}\n  run: touch /one\n`,
-      'stacker2.yaml': 'config:\n  prerequisites:\n    - stacker1.yaml\ntwo:\n  from: {type: built, tag: one}\n  run: touch /two\n',
+      'stacker2.yaml':
+        'config:\n  prerequisites:\n    - stacker1.yaml\ntwo:\n  from: {type: built, tag: one}\n  run: touch /two\n',
       'stacker3.yaml': `config:
   prerequisites:
     - stacker2.yaml
@@ -286,7 +286,7 @@ nested:
   it('absolute prerequisites work, and a change in the dependent file rebuilds it', async () => {
     const p = await project({
       'one/stacker.yaml': `one:\n  ${bb()}\n  run: touch /one\n`,
-      'two/stacker.yaml': 'config:\n  prerequisites:\n    - ${{PWD}}/one/stacker.yaml\ntwo:\n  from:\n    type: built\n    tag: one\n  run: touch /zomg\n',
+      'two/stacker.yaml': `config:\n  prerequisites:\n    - \${{PWD}}/one/stacker.yaml\ntwo:\n  from:\n    type: built\n    tag: one\n  run: touch /zomg\n`,
     })
     expectOk(await st(p, ['build', '-f', 'two/stacker.yaml', '--substitute', `PWD=${p.dir}`]))
     const a = await umociUnpack(p.path('oci'), 'two', p.path('u/a'))
@@ -306,7 +306,8 @@ describe('invalid file sets', () => {
   it('a layer name defined in a prerequisite and again in the dependent file is a duplicate', async () => {
     const p = await project({
       'a.yaml': `same:\n  ${bb()}\n`,
-      'b.yaml': 'config:\n  prerequisites:\n    - ./a.yaml\ndifferent:\n  from: {type: built, tag: same}\nsame:\n  from: {type: built, tag: different}\n',
+      'b.yaml':
+        'config:\n  prerequisites:\n    - ./a.yaml\ndifferent:\n  from: {type: built, tag: same}\nsame:\n  from: {type: built, tag: different}\n',
     })
     const r = await st(p, ['build', '-f', 'b.yaml'])
     expectCleanError(r, 'duplicate layer name')
@@ -321,7 +322,11 @@ describe('invalid file sets', () => {
       'b.yaml': 'config:\n  prerequisites:\n    - c.yaml\nb:\n  from: {type: scratch}\n',
       'c.yaml': 'config:\n  prerequisites:\n    - ./a.yaml\nc:\n  from: {type: scratch}\n',
     })
-    for (const args of [['build', '-f', 'a.yaml'], ['build', '-f', 'c.yaml', '--order-only'], ['recursive-build', '-p', '\\.yaml$']]) {
+    for (const args of [
+      ['build', '-f', 'a.yaml'],
+      ['build', '-f', 'c.yaml', '--order-only'],
+      ['recursive-build', '-p', '\\.yaml$'],
+    ]) {
       const r = await stacker(args, { cwd: p.dir, env: SDE, timeoutMs: 60_000 })
       expectCleanError(r, 'cycle')
       const line = r.stderr.split('\n').find((l) => l.startsWith('error:')) ?? ''

@@ -109,11 +109,11 @@ describe('stacker CLI', () => {
       cwd: p,
     })
     expect(r.exitCode).toBe(0)
-    expect(r.stderr).toContain(`1 build ${join(p, 'sub1/stacker.yaml')}: requires: []`)
-    expect(r.stderr).toContain(`2 build ${join(p, 'sub2/stacker.yaml')}: requires: [${join(p, 'sub1/stacker.yaml')}]`)
+    expect(r.stderr).toContain(`0 build ${join(p, 'sub1/stacker.yaml')}: requires: []`)
+    expect(r.stderr).toContain(`1 build ${join(p, 'sub2/stacker.yaml')}: requires: [${join(p, 'sub1/stacker.yaml')}]`)
     const rb = await stacker(['--roots-dir', join(p, 'roots'), 'recursive-build', '--order-only', '-d', p], { cwd: p })
     expect(rb.exitCode).toBe(0)
-    expect(rb.stderr).toContain(`2 build ${join(p, 'sub2/stacker.yaml')}: requires: [${join(p, 'sub1/stacker.yaml')}]`)
+    expect(rb.stderr).toContain(`1 build ${join(p, 'sub2/stacker.yaml')}: requires: [${join(p, 'sub1/stacker.yaml')}]`)
   })
 
   it('reads dirs from the config file unless flags are given', async () => {

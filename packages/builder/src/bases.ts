@@ -9,7 +9,7 @@ import type { Layer } from '@stacker/stackerfile'
 import type { BuildContext, BuiltLayer } from './context.js'
 import { hashFile } from './hashing.js'
 import { copyImport, type ResolvedImport } from './imports.js'
-import { abortable, exists, schemeOf } from './util.js'
+import { exists, schemeOf } from './util.js'
 
 /** An image from a registry or an OCI layout that a chain of layers starts from. */
 export interface BaseImage {
@@ -125,7 +125,8 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
       }
       await ctx.store.ensureContent(image.contents[i] as string, async (dir) => {
         ctx.logger.debug(`extracting ${d.digest} (${d.mediaType})`)
-        await extractTarLayer(abortable(image.layout.openBlob(d.digest), ctx.s.signal), dir, {
+        await extractTarLayer(image.layout.openBlob(d.digest), dir, {
+          ...(ctx.s.signal !== undefined ? { signal: ctx.s.signal } : {}),
           whiteouts: 'overlay',
           compression: 'auto',
           sourceDescription: d.digest,

@@ -33,7 +33,7 @@ import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
 import { openStorage, type OpenStorage } from './storage.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
-import { abortable, copyTree, exists } from './util.js'
+import { copyTree, exists } from './util.js'
 
 export async function build(s: Session, o: BuildOptions): Promise<void> {
   const { logger } = s
@@ -279,7 +279,8 @@ async function buildLayer(
     }
   if (base.tarball) {
     log.info(`unpacking ${base.tarball}`)
-    await extractTarLayer(abortable(createReadStream(base.tarball), ctx.s.signal), ws.upper, {
+    await extractTarLayer(createReadStream(base.tarball), ws.upper, {
+      ...(ctx.s.signal !== undefined ? { signal: ctx.s.signal } : {}),
       whiteouts: 'keep',
       compression: 'auto',
       sourceDescription: base.tarball,

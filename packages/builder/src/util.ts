@@ -1,6 +1,5 @@
 import { lstat, mkdir, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import { addAbortSignal, type Readable } from 'node:stream'
 import { execa } from 'execa'
 import { StackerError } from '@stacker/core'
 
@@ -63,11 +62,4 @@ export async function mapLimit<T, R>(
 export function schemeOf(path: string): string | undefined {
   const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(path)
   return m?.[1]
-}
-
-/** `stream`, destroyed with the signal's reason when the signal aborts, so whoever reads it stops at
- *  once instead of finishing a long extraction after an interrupt. */
-export function abortable<T extends NodeJS.ReadableStream>(stream: T, signal: AbortSignal | undefined): T {
-  if (signal === undefined) return stream
-  return addAbortSignal(signal, stream as unknown as Readable) as unknown as T
 }

@@ -318,4 +318,23 @@ describe.runIf(isRoot)('extractTarLayer', () => {
     expect(seen.at(-1)).toBe(gz.length)
     await expect(snapshot(target)).resolves.toMatchObject({ a: { type: 'file' }, b: { type: 'dir' } })
   })
+
+  it('stops at the next entry once its signal aborts, rejecting with the reason', async () => {
+    const tar = await makeTar(Array.from({ length: 50 }, (_, i) => ({ name: `f${String(i).padStart(2, '0')}`, body: 'x' })))
+    const ac = new AbortController()
+    const reason = new Error('interrupted')
+    let n = 0
+    async function* input(): AsyncGenerator<Buffer> {
+      for await (const c of chunksOf(tar, 512)) {
+        // Abort once a few entries have gone through.
+        if (++n === 10) ac.abort(reason)
+        yield c
+      }
+    }
+    const err = await extractTarLayer(input(), target, { whiteouts: 'overlay', signal: ac.signal }).catch((e) => e)
+    expect((err as { cause?: unknown }).cause ?? err).toBe(reason)
+    const names = Object.keys(await snapshot(target)).filter((k) => k !== '')
+    expect(names.length).toBeGreaterThan(0)
+    expect(names.length).toBeLessThan(50)
+  })
 })

@@ -2,9 +2,10 @@ import { type Logger, StackerError } from '@stacker/core'
 import type { Layer, Stackerfile, StackerfileSet } from './model.js'
 import { urlHost, urlScheme } from './util.js'
 
-/** The `--order-only` lines: `%d build %s: requires: [%s]`, 1-based, prerequisites space-separated. */
+/** The `--order-only` lines: `%d build %s: requires: [%s]`, 0-based like upstream (scripts match
+ *  `0 build .../sub1/stacker.yaml`), prerequisites space-separated. */
 export function orderLines(set: StackerfileSet): string[] {
-  return set.order.map((sf, i) => `${i + 1} build ${sf.path}: requires: [${sf.prerequisites.join(' ')}]`)
+  return set.order.map((sf, i) => `${i} build ${sf.path}: requires: [${sf.prerequisites.join(' ')}]`)
 }
 
 /** What keeps a layer from being built yet: unprocessed `stacker://` imports, a `stacker://` tar base,

@@ -124,10 +124,10 @@ describe('loadStackerfiles', () => {
     expect([...set.files.keys()].sort()).toEqual([s1, s2, s3, top].sort())
     expect(set.order.map((f) => f.path)).toEqual([s1, s3, s2, top])
     expect(orderLines(set)).toEqual([
-      `1 build ${s1}: requires: []`,
-      `2 build ${s3}: requires: []`,
-      `3 build ${s2}: requires: [${s1} ${s3}]`,
-      `4 build ${top}: requires: [${join(dir, 'sub2/stacker.yaml')}]`,
+      `0 build ${s1}: requires: []`,
+      `1 build ${s3}: requires: []`,
+      `2 build ${s2}: requires: [${s1} ${s3}]`,
+      `3 build ${top}: requires: [${join(dir, 'sub2/stacker.yaml')}]`,
     ])
     expect(set.findLayer('l1')?.file).toBe(s1)
     expect(set.findLayer('nope')).toBeUndefined()

@@ -45,6 +45,9 @@ export interface ExtractOptions {
   logger?: Logger
   /** Called with the running count of input (possibly compressed) bytes consumed. */
   onProgress?: (bytes: number) => void
+  /** Checked before each entry: once aborted, extraction stops and rejects with the signal's reason
+   *  (a StackerError reason is thrown as it is), leaving a partial layer. */
+  signal?: AbortSignal
 }
 
 export type LayerInput = AsyncIterable<Uint8Array> | Iterable<Uint8Array> | NodeJS.ReadableStream
@@ -356,6 +359,7 @@ export async function extractTarLayer(
     else if (kind === 'zstd') tar = throughProgram('zstd', ['-d', '-q', '-c'], stream, 'EXTRACT')
     const x = new Extractor(root, opts.whiteouts, logger)
     for await (const entry of readTar(tar)) {
+      opts.signal?.throwIfAborted()
       current = entry.name
       await x.apply(entry)
       entries++
