@@ -31,8 +31,7 @@ function stackerfile(fail?: string): string {
   for (const b of BRANCHES) {
     for (let i = 1; i <= DEPTH; i++) {
       const name = `${b}${i}`
-      const from =
-        i === 1 ? '    type: oci\n    url: ${{BUSYBOX_OCI}}\n' : `    type: built\n    tag: ${b}${i - 1}\n`
+      const from = i === 1 ? `    type: oci\n    url: \${{BUSYBOX_OCI}}\n` : `    type: built\n    tag: ${b}${i - 1}\n`
       y += `${name}:
   from:
 ${from}  binds:
@@ -75,7 +74,8 @@ const overlaps = (x: Interval, y: Interval) => x.start < y.end && y.start < x.en
 /** Pairs of runs that were in progress at the same moment. */
 function overlapping(iv: Interval[]): string[] {
   const out: string[] = []
-  for (const [i, x] of iv.entries()) for (const y of iv.slice(i + 1)) if (overlaps(x, y)) out.push(`${x.layer}/${y.layer}`)
+  for (const [i, x] of iv.entries())
+    for (const y of iv.slice(i + 1)) if (overlaps(x, y)) out.push(`${x.layer}/${y.layer}`)
   return out
 }
 

@@ -9,7 +9,7 @@ import { join } from 'node:path'
 import { getAttribute } from '@napi-rs/xattr'
 import { fsImageDataSize } from '@stacker/layers'
 import { execa } from 'execa'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   assertNoMountsUnder,
   blobPath,
@@ -22,12 +22,23 @@ import {
   REF_NAME,
   type StackerResult,
   stacker,
-  tempProject,
+  tempProject as newProject,
   type TempProject,
   umociUnpack,
   unsquashfsList,
   veritysetupVerify,
 } from './helpers/index.js'
+
+// Projects shared by the tests of a describe block: every test ends by checking none has a mount left.
+const live = new Set<TempProject>()
+async function tempProject(files: Record<string, string> = {}): Promise<TempProject> {
+  const p = await newProject(files)
+  live.add(p)
+  return p
+}
+afterEach(() => {
+  for (const p of live) assertNoMountsUnder(p.dir)
+})
 
 const SDE = '1700000000'
 const VERITY = 'io.stackeroci.stacker.atomfs_verity_root_hash'
@@ -190,6 +201,7 @@ describe('squashfs and erofs output', () => {
       if (!x) continue
       assertNoMountsUnder(x.dir)
       await x.cleanup()
+      live.delete(x)
     }
   })
 
@@ -453,6 +465,7 @@ describe('squashfs and erofs bases made by hand, as upstream makes them', () => 
     if (!p) return
     assertNoMountsUnder(p.dir)
     await p.cleanup()
+    live.delete(p)
   })
 
   it('the hand-made verity image verifies with veritysetup (the fixture is sound)', async () => {

@@ -320,7 +320,9 @@ describe.runIf(isRoot)('extractTarLayer', () => {
   })
 
   it('stops at the next entry once its signal aborts, rejecting with the reason', async () => {
-    const tar = await makeTar(Array.from({ length: 50 }, (_, i) => ({ name: `f${String(i).padStart(2, '0')}`, body: 'x' })))
+    const tar = await makeTar(
+      Array.from({ length: 50 }, (_, i) => ({ name: `f${String(i).padStart(2, '0')}`, body: 'x' })),
+    )
     const ac = new AbortController()
     const reason = new Error('interrupted')
     let n = 0

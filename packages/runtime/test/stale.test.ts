@@ -36,7 +36,9 @@ describe.runIf(isRoot)('removeStaleContainers', () => {
     execFileSync('runc', ['--root', stateDir, 'run', '--detach', '--bundle', bundle, 'left-over'], { stdio: 'ignore' })
     await mkdir(join(stateDir, 'bundle-abc123'))
     await writeFile(join(stateDir, 'bundle-abc123', 'config.json'), '{}')
-    const state = JSON.parse(execFileSync('runc', ['--root', stateDir, 'state', 'left-over'], { encoding: 'utf8' })) as {
+    const state = JSON.parse(
+      execFileSync('runc', ['--root', stateDir, 'state', 'left-over'], { encoding: 'utf8' }),
+    ) as {
       pid: number
       status: string
     }
