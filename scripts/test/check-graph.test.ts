@@ -11,7 +11,12 @@ let copy: string
 // A copy of the workspace's package manifests and sources, so the check can be run on a broken graph.
 beforeEach(async () => {
   copy = await mkdtemp(join(tmpdir(), 'graph-'))
-  for (const d of ['apps/stacker', ...['core', 'stackerfile', 'oci', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map((p) => `packages/${p}`)]) {
+  for (const d of [
+    'apps/stacker',
+    ...['core', 'stackerfile', 'oci', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map(
+      (p) => `packages/${p}`,
+    ),
+  ]) {
     await cp(join(ROOT, d, 'package.json'), join(copy, d, 'package.json'), { recursive: true })
     await cp(join(ROOT, d, 'src'), join(copy, d, 'src'), { recursive: true })
   }
@@ -45,7 +50,10 @@ describe('scripts/check-graph.mjs', () => {
   })
 
   it('fails on an undeclared import and on an import of internals', async () => {
-    await writeFile(join(copy, 'packages/oci/src/bad.ts'), "import { x } from '@stacker/layers/src/tar/index.js'\nexport { x }\n")
+    await writeFile(
+      join(copy, 'packages/oci/src/bad.ts'),
+      "import { x } from '@stacker/layers/src/tar/index.js'\nexport { x }\n",
+    )
     const r = await check()
     expect(r.exitCode).toBe(1)
     expect(r.stderr).toContain('imports internals @stacker/layers/src/tar/index.js')
