@@ -2,36 +2,22 @@
 // and that a damaged cache is survived.
 import { readdir, readFile, rm, symlink, writeFile, chmod } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
-  assertNoMountsUnder,
+  finishProject,
   expectOk,
   fixtures,
   layerTarEntries,
   readManifest,
+  projectsPerTest,
   type StackerResult,
   type TarEntry,
   stacker,
   type TempProject,
-  tempProject,
   umociUnpack,
 } from './helpers/index.js'
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()?.()
-})
-
-async function project(files: Record<string, string> = {}): Promise<TempProject> {
-  const p = await tempProject(files)
-  cleanups.push(() => p.cleanup())
-  return p
-}
-
-async function finish(p: TempProject): Promise<void> {
-  assertNoMountsUnder(p.dir)
-  await p.cleanup()
-}
+const project = projectsPerTest()
 
 function build(p: TempProject, extra: string[] = []): Promise<StackerResult> {
   const f = fixtures()
@@ -146,7 +132,7 @@ imp:
     await p.write('stacker.yaml', (await readFile(p.path('stacker.yaml'), 'utf8')).replace('RAN-imp', 'RAN-imp again'))
     expectRebuilt(await build(p), 'imp', 'cache miss because layer definition was changed')
     expectHit(await build(p), 'imp')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('a changed import dir with dest is rebuilt too', async () => {
@@ -167,7 +153,7 @@ dd:
     expect(await fileInImage(p, 'dd', 'tree/a')).toBe('a2\n')
     expect(await fileInImage(p, 'dd', 'tree/b')).toBe('b\n')
     expectHit(await build(p), 'dd')
-    await finish(p)
+    await finishProject(p)
   })
 })
 
@@ -200,7 +186,7 @@ child:
     expect(await fileInImage(p, 'top', 'etc/issue')).toContain('Ubuntu')
     expect(await fileInImage(p, 'child', 'etc/issue')).toContain('Ubuntu')
     expect(await fileInImage(p, 'child', 'child')).toBe('child\n')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('a changed parent rebuilds its built child; --no-cache rebuilds everything', async () => {
@@ -217,7 +203,7 @@ child:
     expectRebuilt(nc, 'child')
     expect(nc.stderr).not.toContain('found cached layer')
     expectHit(await build(p), 'child')
-    await finish(p)
+    await finishProject(p)
   })
 })
 
@@ -247,7 +233,7 @@ use:
     expectRebuilt(r, 'use')
     expect(await fileInImage(p, 'use', 'seen')).toBe('second\n')
     expect(await fileInImage(p, 'use', 'made-copy')).toBe('second\n')
-    await finish(p)
+    await finishProject(p)
   })
 })
 
@@ -283,7 +269,7 @@ two:
     expect(r.stdout).toContain('RAN-one')
     expect(await fileInImage(p, 'two', 'one')).toBe('one\n')
     expectHit(await build(p), 'two')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('survives cache records that are JSON of the wrong shape', async () => {
@@ -307,7 +293,7 @@ two:
     expect(await fileInImage(p, 'two', 'one')).toBe('one\n')
     expect(await fileInImage(p, 'two', 'two')).toBe('two\n')
     expectHit(await build(p), 'two')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('ignores a damaged file-hash cache', async () => {
@@ -337,7 +323,7 @@ hc:
     noStack(r2)
     expectRebuilt(r2, 'hc', `cache miss because import content changed: ${p.path('file.txt')}`)
     expect(await fileInImage(p, 'hc', 'seen')).toBe('hashed twice\n')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('rebuilds after roots/ is deleted, keeping .stacker and oci', async () => {
@@ -353,7 +339,7 @@ hc:
     expect(await readFile(join(rootfs, 'etc/passwd'), 'utf8')).toContain('root:')
     // And the rebuilt state is a good cache again.
     expectHit(await build(p), 'two')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('leaves no temporary files in the cache', async () => {
@@ -364,6 +350,6 @@ hc:
     const all = (await readdir(p.path('.stacker/cache'), { recursive: true })) as string[]
     expect(all.some((f) => f.endsWith('.json'))).toBe(true)
     expect(all.filter((f) => /\.tmp|\.part|~$/.test(f))).toEqual([])
-    await finish(p)
+    await finishProject(p)
   })
 })

@@ -4,14 +4,15 @@ import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { lstat, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  assertNoMountsUnder,
+  finishProject,
   expectOk,
   fixtures,
   type HttpServer,
   layerTarEntries,
   readManifest,
+  projectsPerTest,
   type StackerResult,
   stacker,
   startHttpServer,
@@ -38,23 +39,9 @@ function expectCleanError(r: StackerResult, text: string): void {
 
 const BUSYBOX = `from: {type: oci, url: "\${{BUSYBOX_OCI}}"}`
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()?.()
-})
-
-async function project(files: Record<string, string> = {}): Promise<TempProject> {
-  const p = await tempProject(files)
-  cleanups.push(() => p.cleanup())
-  return p
-}
+const project = projectsPerTest()
 
 /** Asserts nothing is left mounted, then removes the project. */
-async function finish(p: TempProject): Promise<void> {
-  assertNoMountsUnder(p.dir)
-  await p.cleanup()
-}
-
 describe('imports with dest', () => {
   // One build of three layers; each layer's image is unpacked once and shared by the tests.
   let p: TempProject
@@ -118,7 +105,7 @@ use:
     ])
   })
   afterAll(async () => {
-    if (p) await finish(p)
+    if (p) await finishProject(p)
   })
 
   const read = (root: string, path: string) => readFile(join(root, path), 'utf8')
@@ -232,7 +219,7 @@ ${imports.map((i) => `    - ${i}\n`).join('')}  run: |
     const layers = (await readManifest(p.path('oci'), 'imp')).layers
     const base = (await readManifest(fixtures().busyboxLayout, 'latest')).layers
     expect(layers.map((l) => l.digest)).toEqual(base.map((l) => l.digest))
-    await finish(p)
+    await finishProject(p)
   })
 
   it('checks a local file hash: a match passes, a mismatch or a malformed hash fails', async () => {
@@ -259,7 +246,7 @@ h:
 
     await p.write('stacker.yaml', yaml('foo'))
     expectCleanError(await build(p), 'Given hash foo is not valid')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('a legacy `import:` warns it is deprecated and puts the content at /stacker', async () => {
@@ -282,7 +269,7 @@ old:
     const layers = (await readManifest(p.path('oci'), 'old')).layers
     const top = await layerTarEntries(p.path('oci'), layers[layers.length - 1]!.digest)
     expect(top.map((e) => e.name).filter((n) => /^(\.\/)?\.?stacker/.test(n))).toEqual([])
-    await finish(p)
+    await finishProject(p)
   })
 
   it('rejects a nested list import and a missing local import with one clean error', async () => {
@@ -309,7 +296,7 @@ missing:
     const r = await build(p)
     expectCleanError(r, p.path('does-not-exist.txt'))
     expect(r.stderr).toMatch(/no such file or directory|does not exist/)
-    await finish(p)
+    await finishProject(p)
   })
 })
 
@@ -322,7 +309,7 @@ describe('http imports', () => {
   })
   afterAll(async () => {
     await srv?.stop()
-    if (p) await finish(p)
+    if (p) await finishProject(p)
   })
 
   const yaml = (imports: string) => `
@@ -425,7 +412,7 @@ b:
     expect(r2.stderr).toContain('filesystem b built successfully')
     expect(r2.stderr).not.toContain('found cached layer b')
     expect(r2.stdout).toContain('RAN')
-    await finish(p)
+    await finishProject(p)
   })
 
   it('a missing bind source is an error', async () => {
@@ -443,6 +430,6 @@ b:
     const r = await build(p)
     expectCleanError(r, 'bind mount source')
     expect(r.stdout).not.toContain('RAN')
-    await finish(p)
+    await finishProject(p)
   })
 })

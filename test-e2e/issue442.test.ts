@@ -7,10 +7,8 @@ import { lstat, mkdir, readdir, readFile, readlink, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { getAttribute } from '@napi-rs/xattr'
 import { fsImageDataSize } from '@stacker/layers'
-import { execa } from 'execa'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
-  assertNoMountsUnder,
   blobPath,
   expectOk,
   fixtures,
@@ -19,12 +17,14 @@ import {
   readIndex,
   readManifest,
   REF_NAME,
+  projectsPerTest,
   type StackerResult,
   stacker,
-  tempProject,
   type TempProject,
   umociUnpack,
+  unsquashfsExtract,
   veritysetupVerify,
+  withErofsMount,
 } from './helpers/index.js'
 
 const VERITY = 'io.stackeroci.stacker.atomfs_verity_root_hash'
@@ -132,18 +132,10 @@ async function imageFs(layout: string, tag: string, work: string): Promise<Map<s
       }
       const target = join(dir, String(i))
       if (kind === 'squashfs') {
-        const r = await execa('unsquashfs', ['-d', target, blob], { reject: false, all: true })
-        if (r.exitCode !== 0) throw new Error(`unsquashfs ${blob} failed:\n${r.all}`)
+        await unsquashfsExtract(blob, target)
         trees.push(await readTree(target))
       } else {
-        await mkdir(target, { recursive: true })
-        const r = await execa('mount', ['-t', 'erofs', '-o', 'loop,ro', blob, target], { reject: false, all: true })
-        if (r.exitCode !== 0) throw new Error(`mount -t erofs ${blob} failed:\n${r.all}`)
-        try {
-          trees.push(await readTree(target))
-        } finally {
-          await execa('umount', [target])
-        }
+        trees.push(await withErofsMount(blob, target, readTree))
       }
     }
     fs = stack(trees)
@@ -171,20 +163,7 @@ async function expectFiles(
   for (const path of absent) expect(fs.has(path), `${tag}: ${path} should be absent`).toBe(false)
 }
 
-const cleanups: TempProject[] = []
-afterEach(async () => {
-  while (cleanups.length) {
-    const p = cleanups.pop()!
-    assertNoMountsUnder(p.dir)
-    await p.cleanup()
-  }
-})
-
-async function project(files: Record<string, string>): Promise<TempProject> {
-  const p = await tempProject(files)
-  cleanups.push(p)
-  return p
-}
+const project = projectsPerTest({ checkMounts: true })
 
 describe('issue #442: build_only layer, single --layer-type squashfs, a changing child', () => {
   it('passes 50 builds in a row, each run seeing the build_only content', async () => {

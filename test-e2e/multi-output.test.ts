@@ -7,9 +7,8 @@ import { cp, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { fsImageDataSize } from '@stacker/layers'
 import { execa } from 'execa'
-import { afterEach, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import {
-  assertNoMountsUnder,
   blobPath,
   expectOk,
   fixtures,
@@ -18,9 +17,10 @@ import {
   readIndex,
   readManifest,
   REF_NAME,
+  projectsPerTest,
   type StackerResult,
   stacker,
-  tempProject,
+  tagDigests,
   type TempProject,
   umociUnpack,
   unsquashfsList,
@@ -32,20 +32,7 @@ const SQUASHFS_ZSTD = 'application/vnd.stacker.image.layer.squashfs+zstd'
 const EROFS_LZ4HC = 'application/vnd.stacker.image.layer.erofs+lz4hc'
 const TAR_GZIP = 'application/vnd.oci.image.layer.v1.tar+gzip'
 
-const cleanups: TempProject[] = []
-afterEach(async () => {
-  while (cleanups.length) {
-    const p = cleanups.pop()!
-    assertNoMountsUnder(p.dir)
-    await p.cleanup()
-  }
-})
-
-async function project(files: Record<string, string>): Promise<TempProject> {
-  const p = await tempProject(files)
-  cleanups.push(p)
-  return p
-}
+const project = projectsPerTest({ checkMounts: true })
 
 function build(p: TempProject, args: string[]): Promise<StackerResult> {
   return stacker(['build', '--substitute', `BUSYBOX_OCI=${fixtures().BUSYBOX_OCI}`, ...args], { cwd: p.dir })
@@ -80,13 +67,6 @@ async function expectVerity(
     const v = await veritysetupVerify(file, hash!, await fsImageDataSize(file, kind))
     expect(v.ok, v.output).toBe(true)
   }
-}
-
-/** Manifest digest of every tag. */
-async function tagDigests(layout: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {}
-  for (const m of (await readIndex(layout)).manifests) out[m.annotations?.[REF_NAME] ?? '?'] = m.digest
-  return out
 }
 
 describe('several --layer-type values', () => {

@@ -6,13 +6,14 @@
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
   assertNoMountsUnder,
   expectOk,
   fixtures,
   indexTags,
   readManifest,
+  projectsPerTest,
   type StackerResult,
   stacker,
   type TempProject,
@@ -41,15 +42,7 @@ function orderLines(r: StackerResult): string[] {
   return `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => /^\d+ build /.test(l))
 }
 
-const cleanups: Array<() => Promise<void>> = []
-afterEach(async () => {
-  while (cleanups.length) await cleanups.pop()?.()
-})
-async function project(files: Record<string, string> = {}): Promise<TempProject> {
-  const p = await tempProject(files)
-  cleanups.push(() => p.cleanup())
-  return p
-}
+const project = projectsPerTest()
 
 const bb = (): string => `from: {type: oci, url: "${fixtures().BUSYBOX_OCI}"}`
 

@@ -3,7 +3,7 @@
 // from this tool's own output and from images made by hand the way upstream makes them, with the
 // verity data checked before use.
 import { createHash } from 'node:crypto'
-import { cp, lstat, mkdir, open, readFile, readlink, rm, writeFile } from 'node:fs/promises'
+import { cp, lstat, mkdir, open, readFile, readlink, writeFile } from 'node:fs/promises'
 import { arch } from 'node:os'
 import { join } from 'node:path'
 import { getAttribute } from '@napi-rs/xattr'
@@ -17,16 +17,18 @@ import {
   fixtures,
   indexTags,
   readConfig,
-  readIndex,
   readManifest,
   REF_NAME,
   type StackerResult,
   stacker,
+  tagDigests,
   tempProject as newProject,
   type TempProject,
   umociUnpack,
+  unsquashfsExtract,
   unsquashfsList,
   veritysetupVerify,
+  withErofsMount,
 } from './helpers/index.js'
 
 // Projects shared by the tests of a describe block: every test ends by checking none has a mount left.
@@ -75,12 +77,6 @@ function build(p: TempProject, args: string[], env: Record<string, string> = {})
     cwd: p.dir,
     env: { SOURCE_DATE_EPOCH: SDE, ...env },
   })
-}
-
-async function manifestDigests(layout: string): Promise<Record<string, string>> {
-  const out: Record<string, string> = {}
-  for (const m of (await readIndex(layout)).manifests) out[m.annotations?.[REF_NAME] ?? '?'] = m.digest
-  return out
 }
 
 /** squashfs bytes_used (superblock offset 40), read here rather than through the project's reader. */
@@ -158,21 +154,12 @@ async function walk(root: string): Promise<Map<string, Node>> {
 
 /** The entries of an erofs blob, read through the kernel: a read-only loop mount, always unmounted. */
 async function erofsEntries(blob: string, mnt: string): Promise<Map<string, Node>> {
-  await mkdir(mnt, { recursive: true })
-  const m = await execa('mount', ['-t', 'erofs', '-o', 'loop,ro', blob, mnt], { reject: false, all: true })
-  if (m.exitCode !== 0) throw new Error(`mount -t erofs ${blob} failed:\n${m.all}`)
-  try {
-    return await walk(mnt)
-  } finally {
-    await execa('umount', [mnt])
-  }
+  return withErofsMount(blob, mnt, walk)
 }
 
 /** The entries of a squashfs blob, extracted by unsquashfs (xattrs and devices included, as root). */
 async function squashfsEntries(blob: string, dest: string): Promise<Map<string, Node>> {
-  await rm(dest, { recursive: true, force: true })
-  const r = await execa('unsquashfs', ['-d', dest, blob], { reject: false, all: true })
-  if (r.exitCode !== 0) throw new Error(`unsquashfs -d ${dest} ${blob} failed:\n${r.all}`)
+  await unsquashfsExtract(blob, dest)
   return walk(dest)
 }
 
@@ -289,8 +276,8 @@ describe('squashfs and erofs output', () => {
 
   it('gives byte-identical digests for every layer type across two clean builds', async () => {
     expectOk(await build(repro, ALL_TYPES))
-    const a = await manifestDigests(layout())
-    const b = await manifestDigests(repro.path('oci'))
+    const a = await tagDigests(layout())
+    const b = await tagDigests(repro.path('oci'))
     expect(Object.keys(a).sort()).toEqual(['a', 'a-erofs', 'a-squashfs'])
     expect(b).toEqual(a)
     for (const tag of ['a', 'a-squashfs', 'a-erofs']) {
@@ -305,9 +292,9 @@ describe('squashfs and erofs output', () => {
     const types = ['--layer-type', 'squashfs', '--layer-type', 'erofs', '--no-verity']
     expectOk(await build(noVerity, types))
     expectOk(await build(noVerity2, types))
-    const a = await manifestDigests(noVerity.path('oci'))
+    const a = await tagDigests(noVerity.path('oci'))
     expect(Object.keys(a).sort()).toEqual(['a-erofs', 'a-squashfs'])
-    expect(await manifestDigests(noVerity2.path('oci'))).toEqual(a)
+    expect(await tagDigests(noVerity2.path('oci'))).toEqual(a)
     const verityLayers = (await readManifest(layout(), 'a-squashfs')).layers
     for (const tag of ['a-squashfs', 'a-erofs']) {
       const layers = (await readManifest(noVerity.path('oci'), tag)).layers

@@ -227,3 +227,10 @@ export async function layerTarEntries(
 ): Promise<TarEntry[]> {
   return tarFileEntries(blobPath(layoutDir, digest), opts)
 }
+
+/** The manifest digest of every tag in the layout's index (`?` for an entry without a ref name). */
+export async function tagDigests(layoutDir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {}
+  for (const m of (await readIndex(layoutDir)).manifests) out[m.annotations?.[REF_NAME] ?? '?'] = m.digest
+  return out
+}

@@ -1,3 +1,4 @@
+import { mkdir, rm } from 'node:fs/promises'
 import { execa } from 'execa'
 
 export interface SquashfsEntry {
@@ -102,4 +103,26 @@ export async function veritysetupVerify(
     all: true,
   })
   return { ok: r.exitCode === 0, output: String(r.all ?? '') }
+}
+
+/** Extracts a squashfs blob into dest (replacing it) with `unsquashfs -d`; throws with its output on failure. */
+export async function unsquashfsExtract(blob: string, dest: string): Promise<void> {
+  await rm(dest, { recursive: true, force: true })
+  const r = await execa('unsquashfs', ['-d', dest, blob], { reject: false, all: true })
+  if (r.exitCode !== 0) throw new Error(`unsquashfs -d ${dest} ${blob} failed:\n${r.all}`)
+}
+
+/**
+ * Mounts an erofs blob read-only through the kernel (a loop mount) at mnt, created if missing, runs fn
+ * with the mount point and always unmounts, fn's failure included.
+ */
+export async function withErofsMount<T>(blob: string, mnt: string, fn: (mnt: string) => Promise<T>): Promise<T> {
+  await mkdir(mnt, { recursive: true })
+  const m = await execa('mount', ['-t', 'erofs', '-o', 'loop,ro', blob, mnt], { reject: false, all: true })
+  if (m.exitCode !== 0) throw new Error(`mount -t erofs ${blob} failed:\n${m.all}`)
+  try {
+    return await fn(mnt)
+  } finally {
+    await execa('umount', [mnt])
+  }
 }

@@ -3,6 +3,7 @@ import { chmod, mkdir, mkdtemp, realpath, rm, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os'
 import { dirname, isAbsolute, join, sep } from 'node:path'
 import { execa } from 'execa'
+import { afterEach } from 'vitest'
 
 export interface TempProject {
   /** Absolute, symlink-free path of the project directory (no ':' in it). */
@@ -91,4 +92,39 @@ export async function unmountUnder(dir: string): Promise<string[]> {
 export function assertNoMountsUnder(dir: string): void {
   const mps = mountsUnder(dir)
   if (mps.length > 0) throw new Error(`still mounted under ${dir}:\n  ${mps.join('\n  ')}`)
+}
+
+/**
+ * A tempProject factory whose projects are all removed after each test: registers a vitest afterEach,
+ * so call it at a test file's top level (or in a describe). With `checkMounts`, every project is first
+ * checked to have nothing left mounted under it, failing the test otherwise; all are removed either way.
+ */
+export function projectsPerTest(
+  opts: { checkMounts?: boolean } = {},
+): (files?: Record<string, ProjectFile>) => Promise<TempProject> {
+  const live: TempProject[] = []
+  afterEach(async () => {
+    let failure: unknown
+    while (live.length) {
+      const p = live.pop()!
+      try {
+        if (opts.checkMounts) assertNoMountsUnder(p.dir)
+      } catch (e) {
+        failure ??= e
+      }
+      await p.cleanup()
+    }
+    if (failure !== undefined) throw failure
+  })
+  return async (files = {}) => {
+    const p = await tempProject(files)
+    live.push(p)
+    return p
+  }
+}
+
+/** Asserts nothing is left mounted under the project, then removes it. */
+export async function finishProject(p: TempProject): Promise<void> {
+  assertNoMountsUnder(p.dir)
+  await p.cleanup()
 }
