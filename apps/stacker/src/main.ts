@@ -5,7 +5,7 @@ import { runCleanups, StackerError, toStackerError } from '@stacker/core'
 import { Renderer } from './log.js'
 import { registerCommands } from './commands.js'
 
-// Compiled, this file is dist/main.js; bundled, dist/bundle/main.js: the package file is one or two up.
+// Compiled, this file is dist/main.js; the package file is looked up one and two levels up.
 export const VERSION: string = (() => {
   for (const rel of ['../package.json', '../../package.json']) {
     try {

@@ -1,18 +1,8 @@
-import { BLOCK, decodeBlock, decodePax, isZeroBlock, type TarEntryType } from './format.js'
+import { BLOCK, decodeBlock, decodePax, isZeroBlock, type TarHeader } from './format.js'
 
 /** A parsed entry. `body` must be consumed (or abandoned) before asking for the next entry;
  *  whatever is left is skipped. */
-export interface TarEntry {
-  name: string
-  type: TarEntryType
-  mode: number
-  uid: number
-  gid: number
-  size: number
-  mtime: number
-  linkname: string
-  devmajor: number
-  devminor: number
+export interface TarEntry extends Omit<TarHeader, 'xattrs'> {
   /** From PAX `SCHILY.xattr.*`, in archive order, values raw. */
   xattrs: Array<[string, Buffer]>
   body(): AsyncIterable<Buffer>
