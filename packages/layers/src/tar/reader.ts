@@ -1,4 +1,4 @@
-import { BLOCK, decodeBlock, decodePax, isZeroBlock, type TarHeader } from './format.js'
+import { BLOCK, decodeBlock, decodePax, isZeroBlock, type TarEntryType, type TarHeader } from './format.js'
 
 /** A parsed entry. `body` must be consumed (or abandoned) before asking for the next entry;
  *  whatever is left is skipped. */
