@@ -34,12 +34,12 @@ const { values: flags } = parseArgs({
   },
 })
 if (flags.help) {
-  process.stdout.write('usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,S] [--quick] [--no-results]\n')
+  process.stdout.write('usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,R,S] [--quick] [--no-results]\n')
   process.exit(0)
 }
 const REPS = Number.parseInt(flags.reps, 10)
 if (!(REPS >= 1)) throw new Error(`invalid --reps ${flags.reps}`)
-const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,S').split(',').map((s) => s.trim().toUpperCase()))
+const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,R,S').split(',').map((s) => s.trim().toUpperCase()))
 const QUICK = flags.quick
 
 // Sizes: the issue's, or a tenth of them with --quick.
@@ -574,6 +574,29 @@ async function w5(base) {
   await stackerClean(st)
 }
 
+// ---------------------------------------------------------------- R: registry push and pull
+
+/** bench/registry.mjs: our registry client vs `skopeo copy`, pushing and pulling one image. */
+async function registryThroughput() {
+  say('R: registry push and pull')
+  try {
+    const { runRegistryBench } = await import('./registry.mjs')
+    const out = await runRegistryBench({ quick: QUICK, reps: REPS })
+    for (const op of ['push', 'pull'])
+      for (const [tool, name] of [
+        ['skopeo', 'skopeo copy'],
+        ['ours', 'stacker registry client'],
+      ]) {
+        const r = out.results[`${op} ${tool}`]
+        for (const [i, wall] of r.walls.entries())
+          record(`R ${op}`, name, { wall, rss: r.rss[i] }, { size: out.imageBytes })
+      }
+  } catch (e) {
+    say(`R FAILED: ${e.message.split('\n')[0]}`)
+    failures.push(`R: ${e.message.split('\n')[0]}`)
+  }
+}
+
 // ---------------------------------------------------------------- S: startup and memory
 
 async function startup() {
@@ -772,6 +795,7 @@ async function main() {
   if (ONLY.has('W3')) await w3()
   if (ONLY.has('W4')) await w4()
   if (ONLY.has('W5')) await w5(base)
+  if (ONLY.has('R')) await registryThroughput()
   if (ONLY.has('S')) {
     await startup()
     await rss()
@@ -806,6 +830,8 @@ ${machine()}
   \`mksquashfs -comp zstd\` (level 15, upstream's default).
 - **W4** extraction of a ${fmtMiB(SIZE.w3)} single-layer base image (tar+gzip).
 - **W5** a build whose run step copies a ${fmtMiB(SIZE.w5)} import tree into the rootfs.
+- **R** pushing and pulling a ${QUICK ? '100 MiB' : '1 GiB'} three-layer image (tar+gzip of a tree half random, half text)
+  to and from a local docker-registry: the project's registry client (\`bench/registry.mjs\`) vs \`skopeo copy\`.
 - **S** \`stacker --version\` startup, and peak RSS while writing a ${fmtMiB(SIZE.rss)} tar+gzip layer.
 
 ## Results

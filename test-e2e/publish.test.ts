@@ -1,10 +1,13 @@
 // `stacker publish` (issue 5; reference 1.2 `publish`, upstream's bats "publish"): naming for docker and
 // oci destinations, several tags and layer types (`-squashfs`/`-erofs` suffixes), --show-only, --image,
 // -d/-p search, build_only layers skipped, stale layers refused unless --force, the usage errors, basic
-// auth. What was pushed is read back with skopeo and umoci, and squashfs images are used as a base.
+// auth, cross-repository blob mounts (through a logging proxy). What was pushed is read back with skopeo
+// and umoci, and squashfs images are used as a base.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { lstat, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, relative } from 'node:path'
 import { execa } from 'execa'
@@ -18,6 +21,7 @@ import {
   type OciManifest,
   type Registry,
   readManifest,
+  seedRegistry,
   type StackerResult,
   startRegistry,
   stacker,
@@ -114,6 +118,59 @@ async function tree(root: string): Promise<Map<string, string>> {
     )
   }
   return out
+}
+
+/** A proxy in front of a registry that records every request (method, path with query, status). */
+interface LoggingProxy {
+  host: string
+  requests: { method: string; url: URL; status: number }[]
+  close(): Promise<void>
+}
+
+async function startLoggingProxy(upstream: string): Promise<LoggingProxy> {
+  const [uhost, uport] = upstream.split(':')
+  const requests: LoggingProxy['requests'] = []
+  const server = http.createServer((req, res) => {
+    const up = http.request(
+      { host: uhost, port: Number(uport), method: req.method, path: req.url, headers: req.headers },
+      (ures) => {
+        requests.push({
+          method: req.method ?? '',
+          url: new URL(req.url ?? '/', 'http://x'),
+          status: ures.statusCode ?? 0,
+        })
+        res.writeHead(ures.statusCode ?? 502, ures.headers)
+        ures.pipe(res)
+      },
+    )
+    up.on('error', () => res.destroy())
+    req.pipe(up)
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    host: `127.0.0.1:${(server.address() as AddressInfo).port}`,
+    requests,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections()
+        server.close(() => r())
+      }),
+  }
+}
+
+/** What the proxy saw of blob `digest` in repository `repo`: mount attempts (by source repository)
+ *  and uploads of its bytes (PATCH to, or PUT with `?digest=` to, an upload session). */
+function blobTraffic(proxy: LoggingProxy, repo: string, digest: string): { mounts: string[]; uploads: number } {
+  const uploads = `/v2/${repo}/blobs/uploads/`
+  const mine = proxy.requests.filter((r) => r.url.pathname.startsWith(uploads))
+  const mounts = mine
+    .filter((r) => r.method === 'POST' && r.url.searchParams.get('mount') === digest)
+    .map((r) => `${r.url.searchParams.get('from')} ${r.status}`)
+  const sessions = new Set(
+    mine.filter((r) => r.method === 'PUT' && r.url.searchParams.get('digest') === digest).map((r) => r.url.pathname),
+  )
+  const uploaded = mine.filter((r) => (r.method === 'PATCH' || r.method === 'PUT') && sessions.has(r.url.pathname))
+  return { mounts, uploads: uploaded.length }
 }
 
 beforeAll(async () => {
@@ -343,6 +400,89 @@ describe('publishing', () => {
       expect(await readFile(join(rootfs, 'consumed'), 'utf8')).toBe('app\ntwo\n')
       assertNoMountsUnder(q.dir)
     } finally {
+      await q.cleanup()
+    }
+  })
+})
+
+describe('cross-repository mounts', () => {
+  it('mounts the blobs an image shares with one pushed earlier in the same run, and uploads the rest', async () => {
+    const proxy = await startLoggingProxy(reg.host)
+    try {
+      const url = `docker://${proxy.host}/mnt`
+      expectOk(
+        await run(['publish', ...sub, '--url', url, '--skip-tls', '--tag', 'm1', '--image', 'base', '--image', 'app']),
+      )
+      const base = await readManifest(p.path('oci'), 'base')
+      const app = await readManifest(p.path('oci'), 'app')
+      const shared = base.layers.map((l) => l.digest)
+      expect(app.layers.slice(0, shared.length).map((l) => l.digest)).toEqual(shared)
+      for (const d of shared) {
+        expect(blobTraffic(proxy, 'mnt/base', d)).toEqual({ mounts: [], uploads: 1 })
+        // Mounted from mnt/base (201 Created), its bytes never sent again.
+        expect(blobTraffic(proxy, 'mnt/app', d)).toEqual({ mounts: ['mnt/base 201'], uploads: 0 })
+      }
+      for (const d of [app.config.digest, ...app.layers.slice(shared.length).map((l) => l.digest)])
+        expect(blobTraffic(proxy, 'mnt/app', d)).toEqual({ mounts: [], uploads: 1 })
+
+      // The mounted image is whole: skopeo copies it out, and it unpacks to what app holds.
+      const back = join(scratch, 'mounted-back')
+      await skopeo([
+        'copy',
+        '--insecure-policy',
+        '--src-tls-verify=false',
+        `docker://${reg.host}/mnt/app:m1`,
+        `oci:${back}:app`,
+      ])
+      expect((await manifestDescriptor(back, 'app')).digest).toBe(
+        (await manifestDescriptor(p.path('oci'), 'app')).digest,
+      )
+      const rootfs = await umociUnpack(back, 'app', join(scratch, 'mounted-unpacked'))
+      expect(await readFile(join(rootfs, 'app'), 'utf8')).toBe('app\n')
+      await rm(back, { recursive: true, force: true })
+      await rm(join(scratch, 'mounted-unpacked'), { recursive: true, force: true })
+    } finally {
+      await proxy.close()
+    }
+  })
+
+  it('mounts the layers of a docker:// base from the repository it was pulled from', async () => {
+    const proxy = await startLoggingProxy(reg.host)
+    await seedRegistry(fixtures().busyboxLayout, 'latest', reg.host, 'src/bb')
+    const q = await tempProject({
+      'stacker.yaml': `derived:\n  from:\n    type: docker\n    url: docker://${proxy.host}/src/bb:latest\n    insecure: true\n  run: echo derived > /derived\n`,
+    })
+    try {
+      expectOk(await stacker(['build'], { cwd: q.dir, env: env() }))
+      const m = await readManifest(q.path('oci'), 'derived')
+      const bb = await readManifest(fixtures().busyboxLayout, 'latest')
+      const inherited = bb.layers.map((l) => l.digest)
+      expect(m.layers.slice(0, inherited.length).map((l) => l.digest)).toEqual(inherited)
+      proxy.requests.length = 0
+      const url = `docker://${proxy.host}/derived-from`
+      expectOk(await stacker(['publish', '--url', url, '--skip-tls', '--tag', 'd1'], { cwd: q.dir, env: env() }))
+      for (const d of inherited)
+        expect(blobTraffic(proxy, 'derived-from/derived', d)).toEqual({ mounts: ['src/bb 201'], uploads: 0 })
+      const own = m.layers.at(-1)?.digest as string
+      expect(blobTraffic(proxy, 'derived-from/derived', own)).toEqual({ mounts: [], uploads: 1 })
+      const got = await remote(`docker://${reg.host}/derived-from/derived:d1`)
+      expect(got.digest).toBe((await manifestDescriptor(q.path('oci'), 'derived')).digest)
+      const back = join(scratch, 'derived-back')
+      await skopeo([
+        'copy',
+        '--insecure-policy',
+        '--src-tls-verify=false',
+        `docker://${reg.host}/derived-from/derived:d1`,
+        `oci:${back}:d`,
+      ])
+      const rootfs = await umociUnpack(back, 'd', join(scratch, 'derived-unpacked'))
+      expect(await readFile(join(rootfs, 'derived'), 'utf8')).toBe('derived\n')
+      expect(existsSync(join(rootfs, 'bin/busybox'))).toBe(true)
+      await rm(back, { recursive: true, force: true })
+      await rm(join(scratch, 'derived-unpacked'), { recursive: true, force: true })
+      assertNoMountsUnder(q.dir)
+    } finally {
+      await proxy.close()
       await q.cleanup()
     }
   })

@@ -1,7 +1,7 @@
-import { resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { StackerError } from '@stacker/core'
 import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
-import { parseImageRef, pushImage, RegistryClient } from '@stacker/registry'
+import { MountSources, parseImageRef, pushImageDetailed, RegistryClient } from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
 import { cachedEntry, createContext } from './build.js'
 import { closeChainContents } from './fs-contents.js'
@@ -65,6 +65,9 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
       annotationsNamespace: 'io.stackeroci',
       jobs: 1,
     })
+    // Blobs the registry may hold already in another repository, to mount rather than upload: those
+    // of `docker://` bases (recorded when they were pulled), and those pushed earlier in this run.
+    const mounts = kind === 'docker' ? await mountSources(s.dirs.stackerDir) : undefined
     // Which layers are current: the same check a build makes, without building anything.
     for (const file of set.order)
       for (const layer of layerBuildOrder(set, file, logger)) {
@@ -113,14 +116,20 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
                 ...(o.credentials ? { credentials: o.credentials } : {}),
                 logger,
               })
-              await pushImage({
-                layout: ctx.layout,
-                source: src,
-                ref,
-                tags: [ref.tag ?? tagFor(tag, type)],
-                client,
-                logger,
-              })
+              try {
+                const pushed = await pushImageDetailed({
+                  layout: ctx.layout,
+                  source: src,
+                  ref,
+                  tags: [ref.tag ?? tagFor(tag, type)],
+                  client,
+                  logger,
+                  ...(mounts ? { mountFrom: mounts.forRef(ref) } : {}),
+                })
+                mounts?.add(ref.registry, ref.repository, pushed.blobs.keys())
+              } finally {
+                client.close()
+              }
             } else {
               const rest = dest.slice('oci:'.length)
               const i = rest.lastIndexOf(':')
@@ -133,6 +142,19 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
     await closeChainContents()
     await storage.lock.release()
   }
+}
+
+async function mountSources(stackerDir: string): Promise<MountSources> {
+  const mounts = new MountSources()
+  const bases = join(stackerDir, 'layer-bases', 'oci')
+  if (await exists(join(bases, 'index.json'))) {
+    try {
+      await mounts.addFromLayout(await OciLayout.open(bases))
+    } catch {
+      // Only a hint: without it every blob is uploaded.
+    }
+  }
+  return mounts
 }
 
 async function copyToLayout(from: OciLayout, desc: Descriptor, dir: string, tag: string): Promise<void> {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { join } from 'node:path'
 import { StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
-import { parseImageRef, pullImage, RegistryClient } from '@stacker/registry'
+import { parseImageRef, pullImage, RegistryClient, sourceAnnotation } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
 import { contentIdForBlob, type BaseImage } from './bases.js'
 import type { BuildContext } from './context.js'
@@ -45,6 +45,8 @@ async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: st
         layout,
         platform: { os: layer.os, architecture: layer.arch },
         tag: cacheTag,
+        // Where the blobs came from, so `stacker publish` to the same registry can mount them.
+        tagAnnotations: sourceAnnotation(ref),
         client,
         logger: ctx.logger,
       })

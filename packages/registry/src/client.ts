@@ -161,7 +161,7 @@ export class RegistryClient {
   #base: Promise<URL> | undefined
   #challenge: Challenge | undefined
   #creds: Promise<CredentialsEntry | undefined> | undefined
-  readonly #tokens = new Map<string, string>()
+  readonly #tokens = new Map<string, Promise<string>>()
 
   constructor(ref: ImageRef, opts: RegistryClientOptions = {}) {
     this.ref = ref
@@ -590,6 +590,7 @@ export class RegistryClient {
     ]
     const replayable = spec.replayable !== false
     let reauthorized = false
+    let sent: string | undefined
     for (let redirects = 0; ; ) {
       const target = url
       const sameOrigin = target.origin === base.origin
@@ -599,6 +600,7 @@ export class RegistryClient {
           const headers: Record<string, string> = { 'User-Agent': this.#userAgent, ...spec.headers }
           // Credentials go to the registry only, never to a host it redirects to.
           const auth = sameOrigin ? await this.#authorization(spec.action, scopes) : undefined
+          sent = auth
           if (auth) headers.Authorization = auth
           const s = { method: spec.method, url: target, headers, timeoutMs: this.#timeoutMs }
           return spec.body ? { ...s, body: spec.body() } : s
@@ -620,7 +622,7 @@ export class RegistryClient {
         if (worthRetry) {
           reauthorized = true
           this.#challenge = challenge
-          this.#tokens.delete(scopes.join(' '))
+          await this.#dropToken(scopes.join(' '), sent)
           continue
         }
         throw await this.#authError(spec.action, status)
@@ -656,11 +658,27 @@ export class RegistryClient {
     if (ch.scheme === 'basic') return entry ? basic(entry.credentials) : undefined
     if (ch.scheme !== 'bearer') return undefined
     const key = scopes.join(' ')
+    // Blobs go up in parallel: they share one token request per scope rather than racing.
+    let token = this.#tokens.get(key)
+    if (!token) {
+      const p = this.#fetchToken(action, ch, scopes, entry)
+      token = p
+      this.#tokens.set(key, p)
+      p.catch(() => {
+        if (this.#tokens.get(key) === p) this.#tokens.delete(key)
+      })
+    }
+    return `Bearer ${await token}`
+  }
+
+  /** Forgets the token of `key` if it is the one a refused request carried; one that requests in
+   *  parallel fetched meanwhile (or are fetching) is kept. */
+  async #dropToken(key: string, sent: string | undefined): Promise<void> {
     const cached = this.#tokens.get(key)
-    if (cached) return `Bearer ${cached}`
-    const token = await this.#fetchToken(action, ch, scopes, entry)
-    this.#tokens.set(key, token)
-    return `Bearer ${token}`
+    if (!cached || sent === undefined) return
+    const value = await cached.catch(() => undefined)
+    if (this.#tokens.get(key) === cached && (value === undefined || sent === `Bearer ${value}`))
+      this.#tokens.delete(key)
   }
 
   async #fetchToken(

@@ -18,3 +18,9 @@ export {
 export type { OciLayoutLike } from './layout-like.js'
 export { pullImage, type PullImageOptions } from './pull.js'
 export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'
+export {
+  MountSources,
+  SOURCE_ANNOTATION,
+  sourceAnnotation,
+  type AnnotatedLayoutLike,
+} from './mount-sources.js'

@@ -10,6 +10,9 @@ export interface OciLayoutLike {
   /** The blob's bytes; the stream errors if the stored content does not match its digest. */
   openBlob(d: Digest): AsyncIterable<Uint8Array>
   readBlob(d: Digest): Promise<Buffer>
+  /** Where the blob's file is, for a layout that has one per blob: uploads then read it directly, in
+   *  larger pieces than openBlob's. */
+  blobPath?(d: Digest): string
   /** A tag or digest to its descriptor (NOT_FOUND otherwise). */
   resolve(ref: string): Promise<Descriptor>
   setTag(name: string, desc: Descriptor): Promise<void>

@@ -1,3 +1,4 @@
+import { type FileHandle, open } from 'node:fs/promises'
 import { type Digest, isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
 import {
   type BlobWriter,
@@ -10,6 +11,7 @@ import {
 import { isRetryable, RegistryClient } from './client.js'
 import { type OciLayoutLike, withContext } from './layout-like.js'
 import { type ImageRef, refReference } from './ref.js'
+import { WriteBatch } from './write-batch.js'
 
 export interface PullImageOptions {
   ref: ImageRef
@@ -20,6 +22,9 @@ export interface PullImageOptions {
   all?: boolean
   /** Tag the result in the layout. */
   tag?: string
+  /** Annotations of the tag's entry in index.json (e.g. sourceAnnotation(ref), which lets a later
+   *  push mount the image's blobs from where they came). */
+  tagAnnotations?: Record<string, string>
   client?: RegistryClient
   logger?: Logger
   /** Blobs downloaded at once (default 3). */
@@ -77,7 +82,10 @@ export async function pullImage(opts: PullImageOptions): Promise<Descriptor> {
         }
       }
       const result: Descriptor = { mediaType: top.mediaType, digest: top.digest, size: top.size }
-      if (opts.tag !== undefined) await layout.setTag(opts.tag, result)
+      if (opts.tag !== undefined) {
+        const annotations = opts.tagAnnotations
+        await layout.setTag(opts.tag, annotations ? { ...result, annotations } : result)
+      }
       logger.debug(`pulled ${opts.ref}`, { digest: result.digest, blobs: missing.length })
       return result
     })
@@ -162,9 +170,18 @@ async function fetchInto(
   for (let attempt = 0; ; attempt++) {
     const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
     try {
-      for await (const chunk of await client.fetchBlob(desc)) {
-        if ('failure' in state) throw ABANDONED
-        await w.write(chunk)
+      const batch = new WriteBatch(w)
+      try {
+        for await (const chunk of await client.fetchBlob(desc)) {
+          if ('failure' in state) throw ABANDONED
+          await batch.add(chunk)
+        }
+        await batch.flush()
+        await flushToDisk(w.path)
+      } catch (e) {
+        // Every write settles before the writer is aborted.
+        await batch.flush().catch(() => {})
+        throw e
       }
       return w
     } catch (e) {
@@ -175,11 +192,25 @@ async function fetchInto(
   }
 }
 
-async function commitAll(writers: BlobWriter[]): Promise<void> {
-  let i = 0
+/** Gets a finished blob's bytes to the disk while other blobs still download, so that the fsync of
+ *  commit() has little left to do and the commits at the end are quick. Best effort: commit()
+ *  fsyncs anyway. */
+async function flushToDisk(path: string): Promise<void> {
+  let fh: FileHandle | undefined
   try {
-    for (; i < writers.length; i++) await writers[i]?.commit()
+    fh = await open(path, 'r')
+    await fh.datasync()
+  } catch {
+    // The commit's own fsync is what counts.
   } finally {
-    await Promise.all(writers.slice(i + 1).map((w) => w.abort()))
+    await fh?.close().catch(() => {})
   }
+}
+
+/** Commits every writer at once (each fsyncs its file: the disk can take them together). Every
+ *  blob was verified as it came in, so only I/O can fail here; a writer that fails removes its own
+ *  temp file, and the first error is thrown. */
+async function commitAll(writers: BlobWriter[]): Promise<void> {
+  const settled = await Promise.allSettled(writers.map((w) => w.commit()))
+  for (const r of settled) if (r.status === 'rejected') throw r.reason
 }

@@ -1,5 +1,6 @@
 import { type Digest, isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
 import { type Descriptor, type ImageIndex, isIndexMediaType, type Manifest } from '@stacker/oci'
+import { blobSource } from './blob-source.js'
 import { type PushBlobResult, RegistryClient } from './client.js'
 import { type OciLayoutLike, withContext } from './layout-like.js'
 import type { ImageRef } from './ref.js'
@@ -13,8 +14,11 @@ export interface PushImageOptions {
   tags: string[]
   client?: RegistryClient
   logger?: Logger
-  /** A repository of the same registry that may hold the blobs already (cross-repository mount). */
-  mountFrom?: string
+  /** A repository of the same registry that may hold the blobs already (cross-repository mount):
+   *  one for every blob, or a function naming one for a blob (or none). */
+  mountFrom?: string | ((digest: Digest) => string | undefined)
+  /** Blobs uploaded at once (default 3). */
+  concurrency?: number
 }
 
 export interface PushImageResult {
@@ -36,6 +40,8 @@ export async function pushImageDetailed(opts: PushImageOptions): Promise<PushIma
   const client = opts.client ?? new RegistryClient(opts.ref, { logger })
   const { layout } = opts
   const blobs = new Map<Digest, PushBlobResult>()
+  const from = opts.mountFrom
+  const mountFor = typeof from === 'function' ? from : () => from
   try {
     return await withContext(`pushing ${opts.ref}`, 'OCI_LAYOUT', async () => {
       const found = await layout.resolve(opts.source)
@@ -58,15 +64,20 @@ export async function pushImageDetailed(opts: PushImageOptions): Promise<PushIma
           return
         }
         const parts = [parsed.config, ...(parsed.layers ?? [])]
+        const todo: Descriptor[] = []
         for (const b of parts) {
           checkDescriptor(desc, b)
-          if (blobs.has(b.digest)) continue
-          const r = await client.pushBlob(b, () => layout.openBlob(b.digest), {
-            ...(opts.mountFrom !== undefined ? { mountFrom: opts.mountFrom } : {}),
+          if (!blobs.has(b.digest) && !todo.some((t) => t.digest === b.digest)) todo.push(b)
+        }
+        const done = await inParallel(todo, opts.concurrency ?? 3, async (b) => {
+          const mountFrom = mountFor(b.digest)
+          const r = await client.pushBlob(b, () => blobSource(layout, b.digest), {
+            ...(mountFrom !== undefined ? { mountFrom } : {}),
           })
           logger.debug(`blob ${b.digest}: ${r}`)
-          blobs.set(b.digest, r)
-        }
+          return r
+        })
+        for (const [i, b] of todo.entries()) blobs.set(b.digest, done[i] as PushBlobResult)
       }
       await pushTree(descriptor, bytes, 0)
 
@@ -78,6 +89,27 @@ export async function pushImageDetailed(opts: PushImageOptions): Promise<PushIma
   } finally {
     if (!opts.client) client.close()
   }
+}
+
+/** Runs `fn` over `items`, at most `limit` at a time; results in the items' order. On a failure no
+ *  new item is started, the running ones are waited for, and the first error is thrown. */
+async function inParallel<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length)
+  let next = 0
+  const state: { failure?: unknown } = {}
+  const worker = async (): Promise<void> => {
+    while (next < items.length && !('failure' in state)) {
+      const i = next++
+      try {
+        results[i] = await fn(items[i] as T)
+      } catch (e) {
+        if (!('failure' in state)) state.failure = e
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker))
+  if ('failure' in state) throw state.failure
+  return results
 }
 
 function checkDescriptor(parent: Descriptor, d: Descriptor | undefined): asserts d is Descriptor {

@@ -5,12 +5,15 @@ import { createLogger, type LogRecord, type ProgressEvent, StackerError, sha256D
 import { type Descriptor, type ImageIndex, MediaTypes, OciLayout } from '@stacker/oci'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
+  MountSources,
   parseImageRef,
   pullImage,
   pushImage,
   pushImageDetailed,
   RegistryClient,
   type RegistryClientOptions,
+  SOURCE_ANNOTATION,
+  sourceAnnotation,
 } from '../src/index.js'
 import {
   buildImage,
@@ -327,6 +330,80 @@ describe('push', () => {
     })
     expect([...res.blobs.values()]).toEqual(['mounted', 'mounted', 'mounted'])
     expect(await skopeoRawDigest(ref)).toBe(seedDesc.digest)
+  })
+
+  it('mounts each blob from the repository a function names, and uploads those it names none for', async () => {
+    const proxy = await startProxy(reg.host)
+    try {
+      const from = `docker://${reg.host}/permount/a:v1`
+      await pushImage({ layout: seed, source: 'v1', ref: parseImageRef(from), tags: [], client: client(from) })
+      const m = (await seed.readImage('v1')).manifest
+      const [first, second] = m.layers
+      const ref = `docker://${proxy.host}/permount/b:v1`
+      const asked: string[] = []
+      const res = await pushImageDetailed({
+        layout: seed,
+        source: 'v1',
+        ref: parseImageRef(ref),
+        tags: [],
+        mountFrom: (d) => {
+          asked.push(d)
+          return d === first?.digest ? 'permount/a' : undefined
+        },
+        concurrency: 2,
+        client: client(ref),
+      })
+      expect(asked.sort()).toEqual([m.config.digest, ...m.layers.map((l) => l.digest)].sort())
+      // In the manifest's order, whatever order they finished in.
+      expect([...res.blobs.entries()]).toEqual([
+        [m.config.digest, 'uploaded'],
+        [first?.digest, 'mounted'],
+        [second?.digest, 'uploaded'],
+      ])
+      const mounts = proxy.requests.filter((r) => r.method === 'POST' && r.path.includes('mount='))
+      expect(mounts.map((r) => new URL(r.path, 'http://x').searchParams.get('from'))).toEqual(['permount/a'])
+      expect(await skopeoRawDigest(`docker://${reg.host}/permount/b:v1`)).toBe(seedDesc.digest)
+    } finally {
+      await proxy.close()
+    }
+  })
+
+  it('records where a pulled image came from, and mounts its blobs from there', async () => {
+    const src = `docker://${reg.host}/test/img:v1`
+    const layout = await freshLayout()
+    await pullImage({
+      ref: parseImageRef(src),
+      layout,
+      tag: 'pulled',
+      tagAnnotations: sourceAnnotation(parseImageRef(src)),
+      client: client(src),
+    })
+    expect((await layout.getTag('pulled'))?.annotations?.[SOURCE_ANNOTATION]).toBe(`${reg.host}/test/img`)
+
+    const sources = new MountSources()
+    await sources.addFromLayout(layout)
+    const dest = parseImageRef(`docker://${reg.host}/recorded/copy:v1`)
+    const m = (await seed.readImage('v1')).manifest
+    for (const b of [m.config, ...m.layers]) expect(sources.sourceFor(dest, b.digest)).toBe('test/img')
+    // Not on another registry, not from the repository itself, not for a blob it never saw.
+    expect(sources.sourceFor(parseImageRef('docker://other.example/recorded/copy'), m.config.digest)).toBeUndefined()
+    expect(sources.sourceFor(parseImageRef(src), m.config.digest)).toBeUndefined()
+    expect(sources.sourceFor(dest, sha256Digest('never'))).toBeUndefined()
+    // What was added last is offered first.
+    sources.add(reg.host, 'later/repo', [m.config.digest])
+    expect(sources.sourceFor(dest, m.config.digest)).toBe('later/repo')
+
+    const res = await pushImageDetailed({
+      layout,
+      source: 'pulled',
+      ref: dest,
+      tags: [],
+      mountFrom: sources.forRef(dest),
+      client: client(dest.toString()),
+    })
+    // later/repo does not hold the config: the registry starts an upload instead, and it goes up.
+    expect([...res.blobs.values()]).toEqual(['uploaded', 'mounted', 'mounted'])
+    expect(await skopeoRawDigest(dest.toString())).toBe(seedDesc.digest)
   })
 
   it('uploads a blob larger than the chunk size in chunks', async () => {
