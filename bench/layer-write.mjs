@@ -2,7 +2,7 @@
 // Times one layer operation of the project's layer code, without the rest of a build: the layer
 // generation and extraction throughput the benchmark compares with umoci and mksquashfs.
 //
-//   node bench/layer-write.mjs tar <gzip|zstd|none> <tree> <out-file>
+//   node bench/layer-write.mjs tar <gzip|zstd|none> <tree> <out-file> [level]
 //   node bench/layer-write.mjs squashfs <tree> <out-dir> [level]
 //   node bench/layer-write.mjs extract <blob> <target-dir>
 //
@@ -39,8 +39,12 @@ const [mode, ...args] = process.argv.slice(2)
 const t0 = performance.now()
 let out
 if (mode === 'tar') {
-  const [compression, tree, file] = args
-  const r = await layers.writeTarLayer(tree, await fileSink(file), { compression, sourceDateEpoch: 1700000000 })
+  const [compression, tree, file, level] = args
+  const r = await layers.writeTarLayer(tree, await fileSink(file), {
+    compression,
+    sourceDateEpoch: 1700000000,
+    ...(level ? { level: Number(level) } : {}),
+  })
   out = { size: r.descriptor.size, digest: r.descriptor.digest, uncompressed: r.uncompressedSize }
 } else if (mode === 'squashfs') {
   const [tree, dir, level] = args

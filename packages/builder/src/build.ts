@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs'
 import { readdir, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { digestHex, sha256Digest, StackerError, type Logger } from '@stacker/core'
+import { digestHex, memoryLogger, sha256Digest, StackerError, type Logger } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import { OciLayout, type Descriptor } from '@stacker/oci'
 import {
@@ -32,19 +32,26 @@ import { destImportContent, resolveImports, stageImports } from './imports.js'
 import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
 import { openStorage, type OpenStorage } from './storage.js'
+import { TagWriter } from './tags.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
-import { copyTree, exists } from './util.js'
+import { copyTree } from './util.js'
 
 export async function build(s: Session, o: BuildOptions): Promise<void> {
   const { logger } = s
+  // The stackerfiles load while the storage opens (its locks wait on child processes). Loading only
+  // reads; its log lines and its error are held until the storage is open, so what is printed, and
+  // which error wins, is as if one came after the other.
+  const held = memoryLogger()
+  const loading = loadSet(s, o, held).then(
+    (set) => ({ set }),
+    (error: unknown) => ({ error }),
+  )
   const storage = await openStorage(s)
   try {
-    const substitutions = await buildSubstitutions({
-      substitute: o.substitute,
-      ...(o.substituteFile !== undefined ? { substituteFile: o.substituteFile } : {}),
-      dirs: s.dirs,
-    })
-    const set = await loadStackerfiles(o.stackerFiles, { substitutions, requireHash: o.requireHash, logger })
+    const loaded = await loading
+    for (const r of held.records) (r.prefix ? logger.child(r.prefix) : logger).log(r.level, r.msg, r.fields)
+    if ('error' in loaded) throw loaded.error
+    const { set } = loaded
     if (o.orderOnly) {
       logger.info('stacker build order:')
       for (const line of orderLines(set)) logger.info(line)
@@ -53,6 +60,7 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
     const ctx = await createContext(s, storage, set, o)
     try {
       for (const file of set.order) await buildFile(ctx, file)
+      await ctx.tags.finish()
     } finally {
       await ctx.hashes.save()
       await closeChainContents()
@@ -62,16 +70,26 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
   }
 }
 
+async function loadSet(s: Session, o: BuildOptions, logger: Logger): Promise<StackerfileSet> {
+  const substitutions = await buildSubstitutions({
+    substitute: o.substitute,
+    ...(o.substituteFile !== undefined ? { substituteFile: o.substituteFile } : {}),
+    dirs: s.dirs,
+  })
+  return loadStackerfiles(o.stackerFiles, { substitutions, requireHash: o.requireHash, logger })
+}
+
 export async function createContext(
   s: Session,
   storage: OpenStorage,
   set: StackerfileSet,
   o: BuildOptions,
 ): Promise<BuildContext> {
+  const layout = await OciLayout.open(s.dirs.ociDir, { create: true, logger: s.logger })
   return {
     s,
     logger: s.logger,
-    layout: await OciLayout.open(s.dirs.ociDir, { create: true, logger: s.logger }),
+    layout,
     store: storage.store,
     cache: await BuildCache.open(s.dirs.stackerDir, s.logger),
     hashes: await HashCache.open(join(s.dirs.stackerDir, 'hash-cache.json')),
@@ -86,6 +104,7 @@ export async function createContext(
     ),
     built: new Map(),
     runtimeDir: storage.runtimeDir,
+    tags: new TagWriter(layout),
   }
 }
 
@@ -109,7 +128,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const flushTags = (): Promise<void> => {
     flushing = flushing.then(async () => {
       while (frontier < order.length && tagged[frontier]) {
-        for (const [tag, desc] of tagged[frontier]?.tags ?? []) await ctx.layout.setTag(tag, desc)
+        for (const [tag, desc] of tagged[frontier]?.tags ?? []) await ctx.tags.set(tag, desc)
         frontier++
       }
     })
@@ -336,7 +355,8 @@ async function writeOutputs(ctx: BuildContext, b: BuiltLayer, cached: boolean): 
     const k = outputKey(out)
     const prev = b.entry.outputs[k]
     const had = prev !== undefined && (await ctx.layout.hasBlob(prev.digest))
-    const desc = await ensureOutput(ctx, b, out)
+    // What ensureOutput returns for an output whose manifest is there, without asking again.
+    const desc = had ? prev : await ensureOutput(ctx, b, out)
     if (!had) added = true
     const tag = tagFor(b.layer.name, out.type)
     if (cached && had) ctx.logger.info(`found cached layer ${tag}`)

@@ -161,7 +161,6 @@ export async function clean(s: Session): Promise<void> {
 
 const TOOLS: ReadonlyArray<readonly [string, string, string]> = [
   ['runc', 'runc', 'runs build containers'],
-  ['pigz', 'pigz', 'compresses tar+gzip layers'],
   ['zstd', 'zstd', 'compresses tar+zstd layers'],
   ['mksquashfs', 'squashfs-tools', 'writes squashfs layers'],
   ['unsquashfs', 'squashfs-tools', 'reads squashfs layers'],

@@ -5,6 +5,7 @@ import type { OverlayStore } from '@stacker/overlay'
 import type { Layer, StackerfileSet } from '@stacker/stackerfile'
 import type { BuildCache, CacheEntry } from './cache.js'
 import type { HashCache } from './hashing.js'
+import type { TagWriter } from './tags.js'
 import type { OutputType, Session, TarCompression } from './types.js'
 
 export interface BuildOptions {
@@ -43,6 +44,8 @@ export interface BuildContext {
   built: Map<string, BuiltLayer>
   /** Where runc keeps container state. */
   runtimeDir: string
+  /** Sets the build's tags in build order (see TagWriter). */
+  tags: TagWriter
 }
 
 /** Opens the squashfs/erofs base contents of a chain before it is mounted or read. */

@@ -101,7 +101,7 @@ async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
       head = undefined
     }
     const remoteSum = head?.headers.get('x-checksum-sha256')?.toLowerCase()
-    if (!head || !head.ok || (!remoteSum && !head.headers.get('content-length'))) {
+    if (!head?.ok || (!remoteSum && !head.headers.get('content-length'))) {
       logger.info(`Couldn't obtain file info of ${url}, using cached copy`)
       return verifyDownloaded(spec, file)
     }

@@ -1,7 +1,7 @@
 import { mkdir, readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { atomicWriteFile, type Digest } from '@stacker/core'
-import { writeFsImage, writeTarLayer } from '@stacker/layers'
+import { GZIP_WRITER_ID, writeFsImage, writeTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import { CACHE_VERSION } from './cache.js'
 import { openChain, type BuildContext } from './context.js'
@@ -15,9 +15,9 @@ export interface Projection {
 
 const inflight = new Map<string, Promise<Projection | undefined>>()
 
-/** Names the compressor of compressed tar projections: blobs recorded with another one (node's
- *  zlib, before pigz) have other digests, so their records are not reused. */
-const TAR_WRITER = 'pigz'
+/** Names the compressor of compressed tar projections: blobs recorded with another one (pigz,
+ *  another default level or zlib build) have other digests, so their records are not reused. */
+const TAR_WRITER = GZIP_WRITER_ID
 
 /** The blob of content dir `id` in output type `out`: generated once and remembered in
  *  `<stacker-dir>/projections/`, so adding a layer type later writes only that type's blobs, from the

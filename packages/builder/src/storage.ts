@@ -17,7 +17,8 @@ export async function openStorage(s: Session): Promise<OpenStorage> {
   await initStorage({ stackerDir, rootsDir, rootsDirArg })
   const lock = await acquireStorageLocks(stackerDir, rootsDir)
   try {
-    await checkOverlay(rootsDir)
+    // Checked for real once per boot and filesystem: the test mount is most of a no-op build's time.
+    await checkOverlay(rootsDir, { cacheFile: join(stackerDir, 'overlay-check.json') })
     const runtimeDir = join(stackerDir, 'runc')
     // Containers of a killed stacker still run in its build dirs: stop them before those are removed.
     await removeStaleContainers(runtimeDir, { logger: s.logger })

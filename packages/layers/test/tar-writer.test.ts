@@ -6,7 +6,13 @@ import { gunzipSync } from 'node:zlib'
 import { setAttribute } from '@napi-rs/xattr'
 import { memoryLogger, sha256Digest } from '@stacker/core'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { createTarStream, extractTarLayer, OVERLAY_OPAQUE_XATTR, writeTarLayer } from '../src/tar/index.js'
+import {
+  createTarStream,
+  extractTarLayer,
+  OVERLAY_OPAQUE_XATTR,
+  TAR_CHUNK_SIZE,
+  writeTarLayer,
+} from '../src/tar/index.js'
 import { fileSink, isRoot, listTar, mknodSync, removeDir, snapshot, tempDir } from './tar-helpers.js'
 
 const T0 = 1_600_000_000
@@ -339,6 +345,31 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     expect(data.length % 512).toBe(0)
   })
 
+  it('streams whole chunks of TAR_CHUNK_SIZE, bodies crossing chunk boundaries intact', async () => {
+    const src = join(work, 'src')
+    await mkdir(src)
+    const big = randomBytes(TAR_CHUNK_SIZE * 2 + 777)
+    await writeFile(join(src, 'a-big'), big)
+    await writeFile(join(src, 'b-small'), randomBytes(5000))
+    await writeFile(join(src, 'c-big'), randomBytes(TAR_CHUNK_SIZE + 1))
+    const chunks: Uint8Array[] = []
+    for await (const c of createTarStream(src)) chunks.push(c)
+    const total = chunks.reduce((n, c) => n + c.byteLength, 0)
+    expect(chunks.length).toBe(Math.ceil(total / TAR_CHUNK_SIZE))
+    expect(chunks.length).toBeGreaterThanOrEqual(4)
+    for (const c of chunks.slice(0, -1)) expect(c.byteLength).toBe(TAR_CHUNK_SIZE)
+    const entries = await listTar(Buffer.concat(chunks))
+    expect(entries.map((e) => [e.name, e.size])).toEqual([
+      ['a-big', big.length],
+      ['b-small', 5000],
+      ['c-big', TAR_CHUNK_SIZE + 1],
+    ])
+    const out = join(work, 'out')
+    await mkdir(out)
+    await extractTarLayer(chunks, out, { whiteouts: 'overlay' })
+    expect((await readFile(join(out, 'a-big'))).equals(big)).toBe(true)
+  })
+
   it('fails with LAYER naming the file when a name is not UTF-8, through gzip', async () => {
     const src = join(work, 'src')
     await mkdir(join(src, 'd'), { recursive: true })
@@ -416,8 +447,10 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     const src = join(work, 'src')
     await mkdir(src)
     await buildTree(src)
-    // More than one pigz block (128 KiB) of incompressible data, so threads have work to split.
+    // With buildTree's 3 MiB file, several gzip blocks (1 MiB) of random and of text data, so
+    // threads have work to split and both the stored and the deflated path are taken.
     await writeFile(join(src, 'random.bin'), randomBytes(300 << 10))
+    await writeFile(join(src, 'text.txt'), 'layer digest stacker '.repeat(120_000))
     for (const compression of ['gzip', 'zstd'] as const) {
       const one = await layerBytes(src, work, { compression, threads: 1 }, `${compression}-t1`)
       const two = await layerBytes(src, work, { compression, threads: 2 }, `${compression}-t2`)
@@ -430,10 +463,10 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     expect(gunzipSync(gz).equals(raw.data)).toBe(true)
   })
 
-  it('emits entries of large directories in order with read-ahead, small and large bodies intact', async () => {
+  it('emits entries of large directories in order, small and large bodies intact', async () => {
     const src = join(work, 'src')
     await mkdir(join(src, 'many'), { recursive: true })
-    // Sizes around the read-ahead limit: empty, small, exactly 256 KiB, just over, and more.
+    // Sizes around the limit of bodies read whole: empty, small, exactly 256 KiB, just over, and more.
     const sizes = [0, 1, 4096, 256 << 10, (256 << 10) + 1, 600 << 10]
     for (let i = 0; i < 60; i++) {
       const name = join(src, 'many', `f${String(i).padStart(3, '0')}`)
@@ -467,7 +500,8 @@ describe.runIf(isRoot)('writeTarLayer', () => {
     const it = createTarStream(src)[Symbol.asyncIterator]()
     const first = await it.next()
     expect(first.done).toBe(false)
-    // The body of a small file is read with its metadata, before the header is emitted.
+    // A small file's body is read with its metadata and written with its header: a change after
+    // that cannot tear the entry.
     await writeFile(join(src, 'a'), 'short')
     const chunks: Uint8Array[] = [first.value as Uint8Array]
     for (let r = await it.next(); !r.done; r = await it.next()) chunks.push(r.value)

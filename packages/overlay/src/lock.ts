@@ -24,24 +24,36 @@ const HOLDER_MARK = 'stacker-lock-holder'
  * Throws StackerError 'LOCK' `couldn't acquire lock on <file>: lock owned by pid N (cmdline)` when
  * another open file (in any process, this one included) holds it.
  */
-export async function acquireLock(file: string): Promise<Lock> {
-  const path = resolve(file)
-  await mkdir(dirname(path), { recursive: true })
-  const child = spawn(
-    'flock',
-    [
-      '--nonblock',
-      '--exclusive',
-      '--conflict-exit-code',
-      String(CONFLICT_EXIT),
-      path,
-      'sh',
-      '-c',
-      'echo locked; exec cat >/dev/null',
-      HOLDER_MARK,
-    ],
-    { stdio: ['pipe', 'pipe', 'pipe'], detached: true },
-  )
+export function acquireLock(file: string): Promise<Lock> {
+  return acquireLocks([file])
+}
+
+/** Locks the stacker dir, then the roots dir (upstream's order); both or neither. */
+export function acquireStorageLocks(stackerDir: string, rootsDir: string): Promise<Lock> {
+  return acquireLocks([resolve(stackerDir, '.lock'), resolve(rootsDir, '.lock')])
+}
+
+/**
+ * Takes the locks of `files` in order, all or none, with one chain of nested `flock(1)` children
+ * (`flock a flock b sh -c ...`): starting a child from node costs far more than the chain. Each
+ * flock gives up at once on a conflict with its own exit code, which its parents pass on (releasing
+ * what they hold); release ends the chain from the inside out, so the locks go in reverse order.
+ */
+async function acquireLocks(files: readonly string[]): Promise<Lock> {
+  const paths = files.map((f) => resolve(f))
+  await Promise.all(paths.map((p) => mkdir(dirname(p), { recursive: true })))
+  const argv = paths.flatMap((p, i) => [
+    ...(i > 0 ? ['flock'] : []),
+    '--nonblock',
+    '--exclusive',
+    '--conflict-exit-code',
+    String(CONFLICT_EXIT + i),
+    p,
+  ])
+  const child = spawn('flock', [...argv, 'sh', '-c', 'echo locked; exec cat >/dev/null', HOLDER_MARK], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true,
+  })
   const exited = new Promise<number | null>((res) => {
     child.once('exit', (code) => res(code))
     child.once('error', () => res(null))
@@ -63,12 +75,14 @@ export async function acquireLock(file: string): Promise<Lock> {
   })
   if (!acquired) {
     const code = await exited
-    if (code === CONFLICT_EXIT) {
-      throw new StackerError('LOCK', `couldn't acquire lock on ${path}: ${await describeOwner(path)}`, {
+    const busy = code === null ? undefined : paths[code - CONFLICT_EXIT]
+    if (busy !== undefined) {
+      throw new StackerError('LOCK', `couldn't acquire lock on ${busy}: ${await describeOwner(busy)}`, {
         hint: 'another stacker is using the same stacker or roots dir',
       })
     }
-    throw new StackerError('LOCK', `couldn't acquire lock on ${path}: ${stderr.trim() || `flock exited ${code}`}`)
+    const what = paths.length === 1 ? paths[0] : paths.join(' and ')
+    throw new StackerError('LOCK', `couldn't acquire lock on ${what}: ${stderr.trim() || `flock exited ${code}`}`)
   }
 
   for (const s of [child.stdin, child.stdout, child.stderr]) (s as unknown as Socket).unref()
@@ -88,24 +102,6 @@ export async function acquireLock(file: string): Promise<Lock> {
   return { release }
 }
 
-/** Locks the stacker dir, then the roots dir (upstream's order); both or neither. */
-export async function acquireStorageLocks(stackerDir: string, rootsDir: string): Promise<Lock> {
-  const first = await acquireLock(resolve(stackerDir, '.lock'))
-  let second: Lock
-  try {
-    second = await acquireLock(resolve(rootsDir, '.lock'))
-  } catch (e) {
-    await first.release()
-    throw e
-  }
-  return {
-    release: async () => {
-      await second.release()
-      await first.release()
-    },
-  }
-}
-
 /** `lock owned by pid N (cmdline)` from /proc/locks, matching the file's device and inode. */
 async function describeOwner(path: string): Promise<string> {
   try {
@@ -120,12 +116,12 @@ async function describeOwner(path: string): Promise<string> {
         continue
       let pid = Number(m[1])
       let cmdline = await readCmdline(pid)
-      if (cmdline?.split(' ').includes(HOLDER_MARK)) {
+      // A lock of a holder chain is held by one of its flocks: the owner is the chain's parent.
+      for (let depth = 0; depth < 8 && cmdline?.split(' ').includes(HOLDER_MARK); depth++) {
         const ppid = await readPpid(pid)
-        if (ppid !== undefined && ppid > 1) {
-          pid = ppid
-          cmdline = await readCmdline(ppid)
-        }
+        if (ppid === undefined || ppid <= 1) break
+        pid = ppid
+        cmdline = await readCmdline(ppid)
       }
       return `lock owned by pid ${pid} (${cmdline ?? 'unknown'})`
     }

@@ -110,4 +110,31 @@ describe('acquireLock', () => {
     await expect(acquireLock(join(stackerDir, '.lock'))).rejects.toThrow("couldn't acquire lock")
     await both.release()
   })
+
+  it('names this process as the owner of both storage locks, and frees both on release', async () => {
+    const stackerDir = join(dir, '.stacker')
+    const rootsDir = join(dir, 'roots')
+    const both = await acquireStorageLocks(stackerDir, rootsDir)
+    for (const file of [join(stackerDir, '.lock'), join(rootsDir, '.lock')]) {
+      await expect(acquireLock(file)).rejects.toThrow(
+        new RegExp(`^couldn't acquire lock on ${file}: lock owned by pid ${process.pid} \\(`),
+      )
+      expect(() => execFileSync('flock', ['--nonblock', file, 'true'], { stdio: 'ignore' })).toThrow()
+    }
+    await both.release()
+    for (const file of [join(stackerDir, '.lock'), join(rootsDir, '.lock')])
+      execFileSync('flock', ['--nonblock', file, 'true'])
+  })
+
+  it('gives up on a busy stacker dir lock without touching the roots dir lock', async () => {
+    const stackerDir = join(dir, '.stacker')
+    const rootsDir = join(dir, 'roots')
+    const st = await acquireLock(join(stackerDir, '.lock'))
+    await expect(acquireStorageLocks(stackerDir, rootsDir)).rejects.toThrow(
+      `couldn't acquire lock on ${join(stackerDir, '.lock')}: lock owned by pid ${process.pid}`,
+    )
+    const roots = await acquireLock(join(rootsDir, '.lock'))
+    await roots.release()
+    await st.release()
+  })
 })

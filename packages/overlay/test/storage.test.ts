@@ -1,4 +1,4 @@
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { OverlayStore, checkOverlay, initStorage } from '../src/index.js'
@@ -48,6 +48,37 @@ describe.runIf(isRoot)('checkOverlay', () => {
   it('passes here and leaves nothing behind', async () => {
     await checkOverlay(join(dir, 'roots'))
     expect(await readdir(join(dir, 'roots'))).toEqual([])
+  })
+
+  it('records a pass in the cache file and reuses it while nothing it depends on changed', async () => {
+    const roots = join(dir, 'roots')
+    const cacheFile = join(dir, '.stacker', 'overlay-check.json')
+    await checkOverlay(roots, { cacheFile })
+    const key = JSON.parse(await readFile(cacheFile, 'utf8'))
+    expect(key).toMatchObject({ rootsDir: roots, uid: 0, bootId: expect.stringMatching(/\S/) })
+    const first = await stat(cacheFile)
+    await checkOverlay(roots, { cacheFile })
+    // Reused: not rewritten (a rewrite replaces the file, so the inode changes).
+    expect((await stat(cacheFile)).ino).toBe(first.ino)
+    expect(await readdir(roots)).toEqual([])
+
+    // A record for another filesystem (here: another inode) is not trusted: checked again, rewritten.
+    await writeFile(cacheFile, `${JSON.stringify({ ...key, ino: '1' })}\n`)
+    await checkOverlay(roots, { cacheFile })
+    expect(JSON.parse(await readFile(cacheFile, 'utf8'))).toEqual(key)
+  })
+
+  it('records nothing for a roots dir that fails the check', async () => {
+    const store = await OverlayStore.open(join(dir, 'outer'))
+    const snap = await store.snapshot([])
+    try {
+      const inner = join(snap.target, 'roots')
+      const cacheFile = join(dir, 'overlay-check.json')
+      await expect(checkOverlay(inner, { cacheFile })).rejects.toMatchObject({ code: 'MOUNT' })
+      await expect(readFile(cacheFile, 'utf8')).rejects.toMatchObject({ code: 'ENOENT' })
+    } finally {
+      await snap.release()
+    }
   })
 
   it('refuses a roots dir on overlayfs', async () => {

@@ -1,5 +1,4 @@
 import { onCleanup, StackerError, type StackerErrorCode } from '@stacker/core'
-import { execa } from 'execa'
 
 /** Debian package that provides each tool, for the TOOL_MISSING hint. */
 const PACKAGES: Readonly<Record<string, string>> = {
@@ -33,6 +32,8 @@ export interface RunResult {
  *  Throws TOOL_MISSING when the tool is not installed, `opts.code` when it exits non-zero. */
 export async function run(cmd: string, args: readonly string[], opts: RunOptions): Promise<RunResult> {
   const env = { ...(opts.env ?? stringEnv(process.env)), LC_ALL: 'C' }
+  // Loaded on first use: execa's import costs about a tenth of a second of start-up.
+  const { execa } = await import('execa')
   const child = execa(cmd, args, { reject: false, extendEnv: false, env, stdin: 'ignore', stripFinalNewline: false })
   const unregister = onCleanup(() => {
     child.kill('SIGKILL')

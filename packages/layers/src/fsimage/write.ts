@@ -3,7 +3,6 @@ import { readdir, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type Logger, onCleanup, StackerError, silentLogger } from '@stacker/core'
 import { Annotations } from '@stacker/oci'
-import { execa } from 'execa'
 import { run, stringEnv } from './exec.js'
 import { type FsImageKind, fsImageMediaType } from './media-types.js'
 import { stripOverlayXattrs, supportsXattrs } from './scan.js'
@@ -151,6 +150,7 @@ export function squashfsCompression(): Promise<'zstd' | 'gzip'> {
 
 async function detectCompression(): Promise<'zstd' | 'gzip'> {
   // -help exits 0 on 4.5 and non-zero on older versions; only the text matters.
+  const { execa } = await import('execa')
   const r = await execa('mksquashfs', ['-help'], { reject: false, all: true, stdin: 'ignore' })
   if (r.code === 'ENOENT') {
     throw new StackerError('TOOL_MISSING', 'mksquashfs not found', { hint: 'install squashfs-tools' })

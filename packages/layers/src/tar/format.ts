@@ -106,7 +106,7 @@ function encodeBlock(
   if (h.devminor > MAX_OCTAL_7) writeBase256(buf, 337, 8, h.devminor)
   else writeOctal(buf, 337, 8, h.devminor)
   let sum = 0
-  for (const b of buf) sum += b
+  for (let i = 0; i < BLOCK; i++) sum += buf[i] as number
   buf.write(sum.toString(8).padStart(6, '0'), 148, 6, 'ascii')
   buf[154] = 0
   buf[155] = 0x20

@@ -1,4 +1,6 @@
-export { writeTarLayer, createTarStream } from './writer.js'
+export { writeTarLayer, createTarStream, TAR_CHUNK_SIZE } from './writer.js'
+export { GZIP_BLOCK_SIZE, GZIP_DEFAULT_LEVEL, GZIP_WRITER_ID, gzipBlocks } from './gzip.js'
+export type { GzipBlocksOptions } from './gzip.js'
 export type { BlobSink, TarLayerOptions, TarLayerResult, TarStreamOptions } from './writer.js'
 export { extractTarLayer, unpackImageLayers } from './extract.js'
 export type { ExtractOptions, LayerInput, WhiteoutMode } from './extract.js'

@@ -1,4 +1,3 @@
-import { execa } from 'execa'
 import { StackerError } from '@stacker/core'
 
 /** Marks a directory in a content directory as opaque (it hides everything below it in lower
@@ -40,6 +39,8 @@ export async function mknod(
   const args = ['-m', (mode & 0o7777).toString(8), path]
   if (kind === 'fifo') args.push('p')
   else args.push(kind === 'char' ? 'c' : 'b', String(major), String(minor))
+  // Loaded on first use: execa's import costs a layer write about a tenth of a second of start-up.
+  const { execa } = await import('execa')
   try {
     await execa('mknod', args, { stdin: 'ignore', stdout: 'ignore' })
   } catch (e) {

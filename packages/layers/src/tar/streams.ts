@@ -15,11 +15,17 @@ export async function* toChunks(
 }
 
 /** Re-cuts a stream into fixed-size chunks (the last one shorter), so a compressor sees the same
- *  sequence of writes whatever the file read sizes were: part of what makes output reproducible. */
+ *  sequence of writes whatever the file read sizes were: part of what makes output reproducible.
+ *  A source chunk that is already exactly one chunk long is passed on uncopied, so the source must
+ *  not reuse the buffers it yields. */
 export async function* rechunk(source: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Buffer> {
   let buf = Buffer.allocUnsafe(size)
   let fill = 0
   for await (const chunk of source) {
+    if (fill === 0 && chunk.byteLength === size) {
+      yield Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)
+      continue
+    }
     let off = 0
     while (off < chunk.byteLength) {
       const n = Math.min(size - fill, chunk.byteLength - off)

@@ -1,11 +1,12 @@
 import { constants as fsConstants, type BigIntStats, type Dirent } from 'node:fs'
-import { lstat, open, readdir, readlink } from 'node:fs/promises'
+import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, readSync } from 'node:fs'
+import { open, readdir } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { getAttribute, listAttributes } from '@napi-rs/xattr'
+import { getAttributeSync, listAttributesSync } from '@napi-rs/xattr'
 import { type Digest, Hasher, type Logger, silentLogger, StackerError } from '@stacker/core'
 import { Annotations, type Descriptor, MediaTypes } from '@stacker/oci'
-import { encodeHeader, END_OF_ARCHIVE, padding, type TarEntryType, type TarHeader } from './format.js'
+import { encodeHeader, END_OF_ARCHIVE, type TarEntryType, type TarHeader } from './format.js'
 import {
   isOverlayWhiteout,
   isOverlayXattr,
@@ -14,7 +15,8 @@ import {
   splitDev,
   WHITEOUT_PREFIX,
 } from './overlay.js'
-import { type Compression, rechunk, throughProgram } from './streams.js'
+import { GZIP_DEFAULT_LEVEL, gzipBlocks } from './gzip.js'
+import { type Compression, throughProgram } from './streams.js'
 
 /** Where a layer's compressed bytes go. `commit` makes the blob durable and returns its digest
  *  and size; `abort` discards everything written. Exactly one of the two is called, once.
@@ -33,10 +35,11 @@ export interface TarStreamOptions {
 
 export interface TarLayerOptions extends TarStreamOptions {
   compression: Compression
-  /** gzip 1-9 (default 6); zstd 1-22 (default 3). */
+  /** gzip 1-9 (default 4); zstd 1-22 (default 3). */
   level?: number
-  /** Compressor threads (default: the CPU count). The output does not depend on it: pigz cuts its
-   *  input into the same blocks whatever the thread count, and zstd does the same. */
+  /** Compressor threads (default: the CPU count; gzip also leaves one of libuv's pool threads
+   *  to file I/O). The output does not depend on it: gzip and zstd both cut their input into
+   *  the same blocks whatever the thread count. */
   threads?: number
   /** Called with the running count of uncompressed tar bytes produced. */
   onProgress?: (bytes: number) => void
@@ -51,14 +54,11 @@ export interface TarLayerResult {
 }
 
 const READ_SIZE = 1 << 20
-const COMPRESS_CHUNK = 128 << 10
-/** Entries of a directory whose metadata (and small bodies) are fetched ahead of the one being
- *  emitted: each costs several thread-pool round trips, which otherwise run one at a time. */
-const PREFETCH = 16
-/** Files up to this size are read whole while prefetching... */
+/** Metadata and bodies up to this size are read with synchronous calls, larger bodies stream
+ *  through async reads. On a cached tree a thread-pool round trip costs several times the system
+ *  call it wraps, and the walk's main-thread time bounds a layer's throughput: for 3,200 small
+ *  files the walk took 1.0 s with promise-based calls and 0.2 s with these. */
 const SMALL_FILE = 256 << 10
-/** ...as long as no more than this is held in read-ahead bodies across the whole walk. */
-const PREFETCH_BYTES = 8 << 20
 
 function toBuf(s: string): Buffer {
   return Buffer.from(s, 'utf8')
@@ -85,10 +85,10 @@ function mtimeSeconds(st: BigIntStats, sde: number | undefined): number {
   return sde !== undefined && secs > sde ? sde : secs
 }
 
-async function readXattrs(path: string): Promise<{ xattrs: Array<[string, Buffer]>; opaque: boolean }> {
+function readXattrs(path: string): { xattrs: Array<[string, Buffer]>; opaque: boolean } {
   let names: string[]
   try {
-    names = await listAttributes(path)
+    names = listAttributesSync(path)
   } catch (e) {
     // A filesystem without xattr support (e.g. a squashfs image made without them) has none.
     if (/os error 95|not supported/i.test((e as Error).message)) return { xattrs: [], opaque: false }
@@ -99,20 +99,20 @@ async function readXattrs(path: string): Promise<{ xattrs: Array<[string, Buffer
   for (const name of names) {
     if (isOverlayXattr(name)) {
       if (name === OVERLAY_OPAQUE_XATTR) {
-        const v = await getAttribute(path, name)
+        const v = getAttributeSync(path, name)
         opaque = v !== null && v.toString() === 'y'
       }
       continue
     }
-    const v = await getAttribute(path, name)
+    const v = getAttributeSync(path, name)
     if (v !== null) xattrs.push([name, v])
   }
   xattrs.sort((a, b) => Buffer.compare(toBuf(a[0]), toBuf(b[0])))
   return { xattrs, opaque }
 }
 
-async function listChildren(abs: string, logger: Logger): Promise<Child[]> {
-  const raw = (await readdir(abs, { withFileTypes: true, encoding: 'buffer' })) as unknown as Dirent<Buffer>[]
+function listChildren(abs: string, logger: Logger): Child[] {
+  const raw = readdirSync(abs, { withFileTypes: true, encoding: 'buffer' }) as unknown as Dirent<Buffer>[]
   const out: Child[] = []
   for (const d of raw) {
     const name = d.name.toString('utf8')
@@ -124,7 +124,7 @@ async function listChildren(abs: string, logger: Logger): Promise<Child[]> {
       continue
     }
     let whiteout = false
-    if (d.isCharacterDevice()) whiteout = isOverlayWhiteout(await lstat(join(abs, name), { bigint: true }))
+    if (d.isCharacterDevice()) whiteout = isOverlayWhiteout(lstatSync(join(abs, name), { bigint: true }))
     const key = whiteout ? WHITEOUT_PREFIX + name : d.isDirectory() ? `${name}/` : name
     out.push({ name, key: toBuf(key), whiteout })
   }
@@ -148,32 +148,87 @@ function shrank(path: string): StackerError {
   return new StackerError('LAYER', `cannot archive ${path}: file shrank while being archived`)
 }
 
-async function readWhole(path: string, size: number): Promise<Buffer> {
-  const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
+function readWhole(path: string, size: number): Buffer {
+  const fd = openSync(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
   try {
     const buf = Buffer.allocUnsafe(size)
     let off = 0
     while (off < size) {
-      const { bytesRead } = await fh.read(buf, off, size - off, off)
-      if (bytesRead === 0) throw shrank(path)
-      off += bytesRead
+      const n = readSync(fd, buf, off, size - off, off)
+      if (n === 0) throw shrank(path)
+      off += n
     }
     return buf
   } finally {
-    await fh.close()
+    closeSync(fd)
   }
 }
 
-async function* fileBody(path: string, size: number): AsyncGenerator<Buffer> {
+/** Cuts the archive into fixed-size blocks as it is written: the walk copies headers and small
+ *  bodies in and reads large bodies straight into the free space, and hands on only whole blocks,
+ *  so the stream's consumers see few, large chunks of one size whatever the tree. */
+class Blocks {
+  readonly full: Buffer[] = []
+  #buf: Buffer
+  #fill = 0
+  readonly #size: number
+  constructor(size: number) {
+    this.#size = size
+    this.#buf = Buffer.allocUnsafe(size)
+  }
+  put(b: Uint8Array): void {
+    let off = 0
+    while (off < b.length) {
+      const n = Math.min(this.#size - this.#fill, b.length - off)
+      this.#buf.set(off === 0 && n === b.length ? b : b.subarray(off, off + n), this.#fill)
+      this.advance(n)
+      off += n
+    }
+  }
+  zeros(count: number): void {
+    let left = count
+    while (left > 0) {
+      const n = Math.min(this.#size - this.#fill, left)
+      this.#buf.fill(0, this.#fill, this.#fill + n)
+      this.advance(n)
+      left -= n
+    }
+  }
+  /** The free part of the current block (never empty). */
+  space(): { buf: Buffer; off: number; len: number } {
+    return { buf: this.#buf, off: this.#fill, len: this.#size - this.#fill }
+  }
+  advance(n: number): void {
+    this.#fill += n
+    if (this.#fill === this.#size) {
+      this.full.push(this.#buf)
+      this.#buf = Buffer.allocUnsafe(this.#size)
+      this.#fill = 0
+    }
+  }
+  /** The partly filled last block, if any. */
+  rest(): Buffer | undefined {
+    return this.#fill > 0 ? this.#buf.subarray(0, this.#fill) : undefined
+  }
+}
+
+function padTo512(size: number): number {
+  const rem = size % 512
+  return rem === 0 ? 0 : 512 - rem
+}
+
+/** Streams a large body into `out`, handing on blocks as they fill. */
+async function* fileBody(path: string, size: number, out: Blocks): AsyncGenerator<Buffer> {
   const fh = await open(path, fsConstants.O_RDONLY | fsConstants.O_NOFOLLOW)
   try {
     let left = size
     while (left > 0) {
-      const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, left))
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null)
+      const { buf, off, len } = out.space()
+      const { bytesRead } = await fh.read(buf, off, Math.min(len, left, READ_SIZE), null)
       if (bytesRead === 0) throw shrank(path)
       left -= bytesRead
-      yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead)
+      out.advance(bytesRead)
+      while (out.full.length > 0) yield out.full.shift() as Buffer
     }
   } finally {
     await fh.close()
@@ -186,11 +241,10 @@ interface WalkState {
   /** dev:ino of multiply-linked inodes -> the archive name they were first written under. */
   links: Map<string, string>
   entries: number
-  /** Bytes of file bodies read ahead and not yet emitted. */
-  buffered: number
+  out: Blocks
 }
 
-/** What the walk needs about one child, gathered ahead of its turn. */
+/** What the walk needs about one child before its header goes out. */
 interface Prepared {
   child: Child
   path: string
@@ -198,17 +252,17 @@ interface Prepared {
   xattrs: Array<[string, Buffer]>
   opaque: boolean
   linkname: string
-  /** The whole body of a small file not linked elsewhere; counted in `state.buffered`. */
+  /** The whole body of a small file not linked elsewhere. */
   body: Buffer | undefined
 }
 
-async function prepare(abs: string, child: Child, state: WalkState): Promise<Prepared> {
+function prepare(abs: string, child: Child): Prepared {
   const path = join(abs, child.name)
   try {
     const p: Prepared = {
       child,
       path,
-      st: await lstat(path, { bigint: true }),
+      st: lstatSync(path, { bigint: true }),
       xattrs: [],
       opaque: false,
       linkname: '',
@@ -217,18 +271,10 @@ async function prepare(abs: string, child: Child, state: WalkState): Promise<Pre
     if (child.whiteout) return p
     const type = typeOf(p.st)
     // Symlinks cannot carry user.* xattrs and extraction never sets any on them.
-    if (type !== undefined && type !== 'symlink') ({ xattrs: p.xattrs, opaque: p.opaque } = await readXattrs(path))
-    if (type === 'symlink') p.linkname = await readlink(path)
+    if (type !== undefined && type !== 'symlink') ({ xattrs: p.xattrs, opaque: p.opaque } = readXattrs(path))
+    if (type === 'symlink') p.linkname = readlinkSync(path)
     const size = Number(p.st.size)
-    if (type === 'file' && p.st.nlink === 1n && size <= SMALL_FILE && state.buffered + size <= PREFETCH_BYTES) {
-      state.buffered += size
-      try {
-        p.body = await readWhole(path, size)
-      } catch (e) {
-        state.buffered -= size
-        throw e
-      }
-    }
+    if (type === 'file' && p.st.nlink === 1n && size <= SMALL_FILE) p.body = readWhole(path, size)
     return p
   } catch (e) {
     throw ioError(path, e)
@@ -238,60 +284,43 @@ async function prepare(abs: string, child: Child, state: WalkState): Promise<Pre
 async function* walk(abs: string, prefix: string, state: WalkState): AsyncGenerator<Buffer> {
   let children: Child[]
   try {
-    children = await listChildren(abs, state.logger)
+    children = listChildren(abs, state.logger)
   } catch (e) {
     throw ioError(abs, e)
   }
-  // Children are prepared up to PREFETCH ahead and emitted strictly in order; a failure surfaces
-  // when its entry's turn comes, as it would without the read-ahead.
-  const pending: Array<Promise<Prepared>> = []
-  let next = 0
-  const fill = () => {
-    while (next < children.length && pending.length < PREFETCH) {
-      const p = prepare(abs, children[next++] as Child, state)
-      p.catch(() => {})
-      pending.push(p)
-    }
-  }
-  try {
-    fill()
-    while (pending.length > 0) {
-      const item = await (pending.shift() as Promise<Prepared>)
-      fill()
+  const out = state.out
+  for (const child of children) {
+    const item = prepare(abs, child)
+    const next = emit(item, prefix, state)
+    if (next.largeBody !== undefined) {
       try {
-        yield* emit(item, prefix, state)
-      } finally {
-        if (item.body) {
-          state.buffered -= item.body.length
-          item.body = undefined
-        }
+        yield* fileBody(item.path, next.largeBody, out)
+      } catch (e) {
+        throw ioError(item.path, e)
       }
+      out.zeros(padTo512(next.largeBody))
     }
-  } finally {
-    // Bodies read ahead for entries never emitted (an error or an early stop) are given back.
-    for (const p of pending)
-      void p.then(
-        (item) => {
-          if (item.body) state.buffered -= item.body.length
-        },
-        () => {},
-      )
+    while (out.full.length > 0) yield out.full.shift() as Buffer
+    if (next.dir !== undefined) yield* walk(item.path, next.dir, state)
   }
 }
 
-async function* emit(item: Prepared, prefix: string, state: WalkState): AsyncGenerator<Buffer> {
+/** Writes an entry's header (and small body) into `state.out`. Says what is left to do: a large
+ *  body to stream, or a directory to descend into under the given name. */
+function emit(item: Prepared, prefix: string, state: WalkState): { largeBody?: number; dir?: string } {
   const { child, path, st } = item
+  const out = state.out
   const mtime = mtimeSeconds(st, state.sde)
   const base = { uid: Number(st.uid), gid: Number(st.gid), mtime, size: 0, linkname: '', devmajor: 0, devminor: 0 }
   if (child.whiteout) {
     state.entries++
-    yield encodeHeader({ ...base, name: prefix + WHITEOUT_PREFIX + child.name, type: 'file', mode: 0, xattrs: [] })
-    return
+    out.put(encodeHeader({ ...base, name: prefix + WHITEOUT_PREFIX + child.name, type: 'file', mode: 0, xattrs: [] }))
+    return {}
   }
   const type = typeOf(st)
   if (!type) {
     state.logger.warn(`ignoring ${path}: file type cannot be stored in a tar layer`)
-    return
+    return {}
   }
   const mode = Number(st.mode) & 0o7777
   const name = prefix + child.name + (type === 'dir' ? '/' : '')
@@ -300,8 +329,8 @@ async function* emit(item: Prepared, prefix: string, state: WalkState): AsyncGen
     const first = state.links.get(id)
     if (first !== undefined) {
       state.entries++
-      yield encodeHeader({ ...base, name, type: 'link', mode, linkname: first, xattrs: [] })
-      return
+      out.put(encodeHeader({ ...base, name, type: 'link', mode, linkname: first, xattrs: [] }))
+      return {}
     }
     state.links.set(id, name)
   }
@@ -314,30 +343,29 @@ async function* emit(item: Prepared, prefix: string, state: WalkState): AsyncGen
   }
   if (type === 'file') header.size = Number(st.size)
   state.entries++
-  yield encodeHeader(header)
+  out.put(encodeHeader(header))
   if (type === 'file') {
-    if (item.body) yield item.body
-    else {
-      try {
-        yield* fileBody(path, header.size)
-      } catch (e) {
-        throw ioError(path, e)
-      }
-    }
-    yield padding(header.size)
+    if (!item.body) return { largeBody: header.size }
+    out.put(item.body)
+    out.zeros(padTo512(header.size))
   } else if (type === 'dir') {
     if (item.opaque) {
       state.entries++
-      yield encodeHeader({ ...base, name: name + OPAQUE_WHITEOUT, type: 'file', mode: 0, xattrs: [] })
+      out.put(encodeHeader({ ...base, name: name + OPAQUE_WHITEOUT, type: 'file', mode: 0, xattrs: [] }))
     }
-    yield* walk(path, name, state)
+    return { dir: name }
   }
+  return {}
 }
 
+/** Size of the chunks `createTarStream` yields (all but the last). */
+export const TAR_CHUNK_SIZE = 1 << 20
+
 /** The uncompressed tar of `dir`'s contents (the directory itself gets no entry), converting
- *  overlay whiteouts and opaque directories to OCI ones. Streams: file bodies are read as they
- *  are emitted. Deterministic for a given tree and options. `entryCount()` is valid once the
- *  stream has been read to the end. */
+ *  overlay whiteouts and opaque directories to OCI ones. Streams in chunks of TAR_CHUNK_SIZE
+ *  bytes (the last one shorter): file bodies are read as the archive reaches them. Each chunk is
+ *  a fresh buffer the consumer may keep. Deterministic for a given tree and options.
+ *  `entryCount()` is valid once the stream has been read to the end. */
 export function createTarStream(
   dir: string,
   opts: TarStreamOptions = {},
@@ -347,13 +375,16 @@ export function createTarStream(
     logger: opts.logger ?? silentLogger,
     links: new Map(),
     entries: 0,
-    buffered: 0,
+    out: new Blocks(TAR_CHUNK_SIZE),
   }
   return {
     entryCount: () => state.entries,
     async *[Symbol.asyncIterator]() {
       yield* walk(dir, '', state)
-      yield END_OF_ARCHIVE
+      state.out.zeros(END_OF_ARCHIVE.length)
+      while (state.out.full.length > 0) yield state.out.full.shift() as Buffer
+      const rest = state.out.rest()
+      if (rest) yield rest
     },
   }
 }
@@ -365,7 +396,7 @@ function mediaTypeFor(c: Compression): string {
 }
 
 function checkLevel(c: Compression, level: number | undefined): number {
-  const lv = level ?? (c === 'zstd' ? 3 : 6)
+  const lv = level ?? (c === 'zstd' ? 3 : GZIP_DEFAULT_LEVEL)
   const [lo, hi] = c === 'zstd' ? [1, 22] : [1, 9]
   if (c !== 'none' && (!Number.isInteger(lv) || lv < lo || lv > hi)) {
     throw new StackerError('LAYER', `invalid ${c} compression level ${lv} (expected ${lo}-${hi})`)
@@ -401,8 +432,8 @@ export async function writeTarLayer(
     const tar = createTarStream(dir, opts)
     const diff = new Hasher()
     const onProgress = opts.onProgress
-    async function* hashed(): AsyncGenerator<Buffer> {
-      for await (const chunk of rechunk(tar, COMPRESS_CHUNK)) {
+    async function* hashed(): AsyncGenerator<Uint8Array> {
+      for await (const chunk of tar) {
         diff.update(chunk)
         onProgress?.(diff.size)
         yield chunk
@@ -410,9 +441,8 @@ export async function writeTarLayer(
     }
     let out: AsyncIterable<Uint8Array>
     const threads = opts.threads ?? availableParallelism()
-    // pigz: gzip on every core, byte-identical whatever the thread count (-n: no name, no time).
     if (opts.compression === 'gzip')
-      out = throughProgram('pigz', ['-n', `-${level}`, '-p', String(threads)], hashed(), 'LAYER')
+      out = gzipBlocks(hashed(), { level, ...(opts.threads !== undefined ? { concurrency: opts.threads } : {}) })
     else if (opts.compression === 'zstd') {
       const args = ['-q', '-c', '--no-progress', `-${level}`, `-T${threads}`]
       if (level > 19) args.unshift('--ultra')
