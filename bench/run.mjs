@@ -211,11 +211,11 @@ async function prepareBase() {
 }
 
 function stackerBuild(file, workDir, extra = []) {
-  return ['node', STACKER, '--work-dir', workDir, '--no-progress', 'build', '-f', file, ...extra]
+  return [STACKER, '--work-dir', workDir, '--no-progress', 'build', '-f', file, ...extra]
 }
 
 async function stackerClean(workDir) {
-  if (existsSync(workDir)) spawnSync('node', [STACKER, '--work-dir', workDir, 'clean'], { stdio: 'ignore' })
+  if (existsSync(workDir)) spawnSync(STACKER, ['--work-dir', workDir, 'clean'], { stdio: 'ignore' })
   await rm(workDir, { recursive: true, force: true })
   await mkdir(workDir, { recursive: true })
 }
@@ -604,14 +604,17 @@ async function startup() {
   const reps = Math.max(REPS, 10)
   for (let i = 0; i < reps; i++) {
     for (const [name, argv, opts] of [
-      ['stacker --version', ['node', STACKER, '--version'], {}],
+      // The executable, as users run it: its sh part keeps node from parsing NODE_EXTRA_CA_CERTS.
+      ['stacker --version', [STACKER, '--version'], {}],
       ['node -e 0 (baseline)', ['node', '-e', '0'], {}],
       [
         'stacker --version, NODE_EXTRA_CA_CERTS unset',
-        ['env', '-u', 'NODE_EXTRA_CA_CERTS', 'node', STACKER, '--version'],
+        ['env', '-u', 'NODE_EXTRA_CA_CERTS', STACKER, '--version'],
         noCa,
       ],
-      ['stacker --help', ['node', STACKER, '--help'], {}],
+      // node run on the script parses the file at start-up, when the variable is set.
+      ['node bin/stacker --version', ['node', STACKER, '--version'], {}],
+      ['stacker --help', [STACKER, '--help'], {}],
     ]) {
       record('S startup', name, measure(`S-${name}-${i}`, argv, opts))
     }
@@ -723,7 +726,7 @@ function targets() {
   const v = med('S startup', 'stacker --version')
   add(
     '`stacker --version` < 150 ms',
-    `${(v * 1000).toFixed(0)} ms (NODE_EXTRA_CA_CERTS unset: ${(med('S startup', 'stacker --version, NODE_EXTRA_CA_CERTS unset') * 1000).toFixed(0)} ms; bare node: ${(med('S startup', 'node -e 0 (baseline)') * 1000).toFixed(0)} ms)`,
+    `${(v * 1000).toFixed(0)} ms (NODE_EXTRA_CA_CERTS unset: ${(med('S startup', 'stacker --version, NODE_EXTRA_CA_CERTS unset') * 1000).toFixed(0)} ms; bare node: ${(med('S startup', 'node -e 0 (baseline)') * 1000).toFixed(0)} ms; \`node bin/stacker\`: ${(med('S startup', 'node bin/stacker --version') * 1000).toFixed(0)} ms)`,
     ok(v, (x) => x < 0.15),
   )
   return ['| target | measured | verdict |', '|---|---|---|', ...rows].join('\n')
@@ -764,7 +767,7 @@ function machine() {
     `- CPU: ${cpu[0]?.model ?? '?'} x ${cpu.length}`,
     `- memory: ${(totalmem() / 1024 ** 3).toFixed(1)} GiB`,
     `- kernel: ${sh('uname -sr').trim()}; filesystem of bench/.work: ${sh(`stat -f -c %T '${WORK}'`).trim()}`,
-    `- stacker CLI: ${cliForm()}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start)' : 'unset'}`,
+    `- stacker CLI: ${cliForm()}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
     `- load average at the end: ${loadAvg()}`,
     `- node ${process.version}; ${version('umoci --version')}; ${version('buildah --version')}; ${version('mksquashfs -version')}; ${version('pigz --version')}; ${version('zstd --version')}`,
   ].join('\n')

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs'
+import https from 'node:https'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -15,7 +16,7 @@ export const TEST_USER = {
 export interface Registry {
   /** `127.0.0.1:PORT`, for `docker://<host>/repo:tag`. */
   host: string
-  /** `http://127.0.0.1:PORT`. */
+  /** `http://127.0.0.1:PORT` (`https://` with `tls`). */
   url: string
   /** Storage and config live here; removed by stop(). */
   dir: string
@@ -23,12 +24,18 @@ export interface Registry {
   stop(): Promise<void>
 }
 
+export interface RegistryOptions {
+  /** The content of an htpasswd file (bcrypt lines, e.g. TEST_USER.htpasswd); turns on basic auth. */
+  htpasswd?: string
+  /** PEM files of the server's certificate and key: the registry speaks HTTPS only. */
+  tls?: { cert: string; key: string }
+}
+
 /**
- * Starts Debian's `docker-registry serve` (distribution 2.8) on 127.0.0.1 at a free port, plain HTTP,
- * with its own temp storage; resolves once `/v2/` answers. `htpasswd` is the content of an htpasswd
- * file (bcrypt lines, e.g. TEST_USER.htpasswd) and turns on basic auth.
+ * Starts Debian's `docker-registry serve` (distribution 2.8) on 127.0.0.1 at a free port, plain HTTP
+ * unless `tls` is given, with its own temp storage; resolves once `/v2/` answers.
  */
-export async function startRegistry(opts: { htpasswd?: string } = {}): Promise<Registry> {
+export async function startRegistry(opts: RegistryOptions = {}): Promise<Registry> {
   const dir = await mkdtemp(join(tmpdir(), 'stacker-e2e-registry-'))
   try {
     return await startIn(dir, opts)
@@ -38,7 +45,7 @@ export async function startRegistry(opts: { htpasswd?: string } = {}): Promise<R
   }
 }
 
-async function startIn(dir: string, opts: { htpasswd?: string }): Promise<Registry> {
+async function startIn(dir: string, opts: RegistryOptions): Promise<Registry> {
   // A port can be taken between freePort() and the bind; try a few.
   for (let attempt = 0; ; attempt++) {
     const port = await freePort()
@@ -46,9 +53,11 @@ async function startIn(dir: string, opts: { htpasswd?: string }): Promise<Regist
     const auth =
       opts.htpasswd === undefined ? '' : `auth:\n  htpasswd:\n    realm: e2e\n    path: ${join(dir, 'htpasswd')}\n`
     if (opts.htpasswd !== undefined) await writeFile(join(dir, 'htpasswd'), `${opts.htpasswd.trim()}\n`)
+    const tls = opts.tls ? `  tls:\n    certificate: ${opts.tls.cert}\n    key: ${opts.tls.key}\n` : ''
+    const url = `${opts.tls ? 'https' : 'http'}://${host}`
     await writeFile(
       join(dir, 'config.yml'),
-      `version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\nhttp:\n  addr: ${host}\n  secret: e2e\n${auth}`,
+      `version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: ${join(dir, 'data')}\n  delete:\n    enabled: true\nhttp:\n  addr: ${host}\n  secret: e2e\n${tls}${auth}`,
     )
     const logFile = join(dir, 'registry.log')
     const child = execa('docker-registry', ['serve', join(dir, 'config.yml')], {
@@ -63,7 +72,7 @@ async function startIn(dir: string, opts: { htpasswd?: string }): Promise<Regist
       exited = true
     })
     try {
-      await waitUntil(() => answers(`http://${host}/v2/`), {
+      await waitUntil(() => (opts.tls ? answersTls(`${url}/v2/`) : answers(`${url}/v2/`)), {
         what: `docker-registry on ${host}`,
         gaveUp: () => (exited ? `exited: ${safeRead(logFile)}` : undefined),
       })
@@ -76,7 +85,7 @@ async function startIn(dir: string, opts: { htpasswd?: string }): Promise<Regist
     let stopped = false
     return {
       host,
-      url: `http://${host}`,
+      url,
       dir,
       async stop() {
         if (stopped) return
@@ -89,6 +98,18 @@ async function startIn(dir: string, opts: { htpasswd?: string }): Promise<Regist
   }
 }
 
+/** answers() for an HTTPS server whose certificate this process need not trust. */
+function answersTls(url: string): Promise<boolean> {
+  return new Promise((resolveAnswer, reject) => {
+    const req = https.get(url, { rejectUnauthorized: false, timeout: 2000 }, (res) => {
+      res.resume()
+      res.on('end', () => resolveAnswer(true))
+    })
+    req.on('timeout', () => req.destroy(new Error('timed out')))
+    req.on('error', reject)
+  })
+}
+
 function safeRead(path: string): string {
   try {
     return readFileSync(path, 'utf8')
@@ -99,7 +120,7 @@ function safeRead(path: string): string {
 
 /**
  * Copies `<layout>:<tag>` to `docker://<host>/<repo>` (`:<tag>` appended when repo has no tag) with
- * skopeo over plain HTTP. Throws with skopeo's output on failure.
+ * skopeo, not verifying the registry's certificate (plain HTTP works too). Throws with skopeo's output on failure.
  */
 export async function seedRegistry(
   layout: string,

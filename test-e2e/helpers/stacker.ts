@@ -27,20 +27,23 @@ export interface StackerResult {
 export interface StackerOptions {
   /** Working directory; default an empty scratch dir, removed after the run. Tests that build pass theirs. */
   cwd?: string
-  /** Added to (and overriding) the test process's environment. */
-  env?: Record<string, string>
+  /** Added to (and overriding) the test process's environment; `undefined` removes a variable. */
+  env?: Record<string, string | undefined>
   /** Written to stdin; stdin is empty otherwise. */
   input?: string
   /** Kills the process after this long; default 10 minutes. */
   timeoutMs?: number
+  /** Runs bin/stacker as an executable (its `#!/bin/sh` part included) instead of `node bin/stacker`. */
+  direct?: boolean
 }
 
 /**
- * Runs bin/stacker with node as a user would. Never throws: a failure shows in exitCode and stderr
+ * Runs `node bin/stacker` (or bin/stacker itself, with `direct`). Never throws: a failure shows in exitCode and stderr
  * (a missing build or a signal gives a non-zero exitCode too). `--debug` is not added.
  */
 export async function stacker(args: string[], opts: StackerOptions = {}): Promise<StackerResult> {
-  const r = await execa(process.execPath, [STACKER_BIN, ...args], {
+  const [file, argv] = opts.direct ? [STACKER_BIN, args] : [process.execPath, [STACKER_BIN, ...args]]
+  const r = await execa(file, argv, {
     cwd: opts.cwd ?? scratchDir(),
     env: opts.env ?? {},
     input: opts.input ?? '',
