@@ -487,3 +487,53 @@ describe('locks', () => {
     }
   })
 })
+
+const CHATTY = `
+chatty:
+  from:
+    type: oci
+    url: \${{BUSYBOX_OCI}}
+  binds:
+    - \${{MARKS}} -> /marks
+  run: |
+    touch /marks/chatty-start-\${{ROUND}}
+    i=0
+    while [ $i -lt \${{LINES}} ]; do echo line $i; sleep 0.1; i=$((i+1)); done
+`
+
+describe('a reader that goes away', () => {
+  let p: TempProject
+  beforeAll(async () => {
+    p = await tempProject({ 'stacker.yaml': CHATTY })
+    await mkdir(p.path('marks'))
+  })
+  afterAll(async () => {
+    if (p) await removeContainers(p.path('.stacker'))
+    await p?.cleanup()
+  })
+  const subs = (round: number, lines: number) =>
+    [`BUSYBOX_OCI=${fixtures().BUSYBOX_OCI}`, `MARKS=${p.path('marks')}`, `ROUND=${round}`, `LINES=${lines}`].flatMap(
+      (s) => ['--substitute', s],
+    )
+
+  it('(`stacker build 2>&1 | head`) stops the build and releases its container and mounts', async () => {
+    const r = start(['build', ...subs(1, 600)], p.dir)
+    await waitUntil(async () => existsSync(p.path('marks/chatty-start-1')) && r.stdout().includes('line 1'), {
+      what: 'the run step printing',
+      timeoutMs: 60_000,
+      gaveUp: () => (r.done() ? `stacker exited early:\n${r.stderr()}` : undefined),
+    })
+    // The reading ends close: the next log line written gets EPIPE.
+    r.child.stdout?.destroy()
+    r.child.stderr?.destroy()
+    const { code, signal } = await r.exited
+    expect(signal).toBeNull()
+    expect(code).toBe(141)
+    assertNoMountsUnder(p.dir)
+    expect(await runcContainers(p.path('.stacker'))).toEqual([])
+    expect(await strayProcesses(p.dir, ['sleep 0.1'])).toEqual([])
+    const again = expectOk(await stacker(['build', ...subs(2, 3)], { cwd: p.dir }))
+    expect(again.stdout).toContain('line 2')
+    expect(await indexTags(p.path('oci'))).toEqual(['chatty'])
+  })
+})

@@ -38,6 +38,9 @@ export interface GlobalFlags {
 // waited for: the next run clears what it leaves.
 const INTERRUPT_GRACE_MS = 5000
 
+/** Exit statuses of a process ended by these signals, as a shell reports them. */
+const SIGNAL_CODES: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGPIPE: 141, SIGTERM: 143 }
+
 export function buildProgram(
   state: { renderer?: Renderer },
   signal: AbortSignal = new AbortController().signal,
@@ -104,7 +107,7 @@ export async function main(argv: string[]): Promise<void> {
   const onSignal = (sig: NodeJS.Signals) => {
     if (interrupted) return
     interrupted = true
-    interruptCode = sig === 'SIGINT' ? 130 : 143
+    interruptCode = SIGNAL_CODES[sig] ?? 1
     // Abort first, so nothing new starts while the cleanups kill containers and unmount.
     abort.abort(new StackerError('INTERRUPTED', `interrupted by ${sig}`))
     void (async () => {
@@ -113,12 +116,20 @@ export async function main(argv: string[]): Promise<void> {
       // What was registered while the work unwound.
       await runCleanups()
       await state.renderer?.close()
-      process.stderr.write(`error: interrupted by ${sig}\n`)
+      if (sig !== 'SIGPIPE') process.stderr.write(`error: interrupted by ${sig}\n`)
       process.exit(interruptCode)
     })()
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  // node ignores SIGPIPE: a reader that goes away (`stacker build 2>&1 | head`) shows up as an EPIPE
+  // error on the stream, which would otherwise end the process at once with its mounts and containers
+  // still held. It stops the build the way an interrupt does; nothing more can be said on that stream.
+  const onStreamError = (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE' || e.code === 'ERR_STREAM_DESTROYED') onSignal('SIGPIPE')
+  }
+  process.stdout.on('error', onStreamError)
+  process.stderr.on('error', onStreamError)
   const program = buildProgram(state, abort.signal)
   let code = 0
   try {

@@ -1,5 +1,5 @@
-import { createReadStream } from 'node:fs'
-import { lstat, readdir, readFile, readlink } from 'node:fs/promises'
+import { type BigIntStats, createReadStream, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { atomicWriteFile, Hasher, isDigest, sha256Digest, type Digest } from '@stacker/core'
 
@@ -37,8 +37,8 @@ export class HashCache {
     return c
   }
 
-  async fileDigest(path: string): Promise<Digest> {
-    const st = await lstat(path, { bigint: true })
+  /** `st`: the file's lstat, when the caller has it already. */
+  async fileDigest(path: string, st: BigIntStats = lstatSync(path, { bigint: true })): Promise<Digest> {
     const k: StatKey = {
       dev: Number(st.dev),
       ino: Number(st.ino),
@@ -56,7 +56,7 @@ export class HashCache {
       hit.k.ctimeNs === k.ctimeNs
     )
       return hit.d
-    const d = await hashFile(path)
+    const d = await hashFile(path, k.size)
     this.#entries.set(path, { k, d })
     this.#dirty = true
     return d
@@ -86,9 +86,14 @@ function isRecord(e: unknown): e is [string, StatKey, Digest] {
   )
 }
 
-export async function hashFile(path: string): Promise<Digest> {
+// Below this size a file is read in one synchronous call: a tree of thousands of small files costs
+// several async round trips through the thread pool per file otherwise, many times the hashing.
+const SMALL_FILE = 1 << 20
+
+export async function hashFile(path: string, size?: number): Promise<Digest> {
   const h = new Hasher()
-  for await (const chunk of createReadStream(path)) h.update(chunk as Buffer)
+  if (size !== undefined && size <= SMALL_FILE) h.update(readFileSync(path))
+  else for await (const chunk of createReadStream(path, { highWaterMark: SMALL_FILE })) h.update(chunk as Buffer)
   return h.digest()
 }
 
@@ -101,17 +106,18 @@ export interface TreeEntry {
  *  contents (not times). Returns per-entry digests as well, for "what changed" messages. */
 export async function hashTree(root: string, cache: HashCache): Promise<{ digest: Digest; entries: TreeEntry[] }> {
   const entries: TreeEntry[] = []
+  // Metadata is read synchronously (see SMALL_FILE); only big files' contents are streamed.
   const walk = async (abs: string, rel: string): Promise<void> => {
-    const st = await lstat(abs)
+    const st = lstatSync(abs, { bigint: true })
     const meta = `${st.mode.toString(8)} ${st.uid}:${st.gid}`
     if (st.isDirectory()) {
       entries.push({ path: rel || '.', digest: `d ${meta}` })
-      const names = (await readdir(abs)).sort()
+      const names = readdirSync(abs).sort()
       for (const n of names) await walk(join(abs, n), rel ? `${rel}/${n}` : n)
     } else if (st.isSymbolicLink()) {
-      entries.push({ path: rel || '.', digest: `l ${meta} ${await readlink(abs)}` })
+      entries.push({ path: rel || '.', digest: `l ${meta} ${readlinkSync(abs)}` })
     } else if (st.isFile()) {
-      entries.push({ path: rel || '.', digest: `f ${meta} ${await cache.fileDigest(abs)}` })
+      entries.push({ path: rel || '.', digest: `f ${meta} ${await cache.fileDigest(abs, st)}` })
     } else {
       entries.push({ path: rel || '.', digest: `o ${meta} ${st.rdev}` })
     }
