@@ -30,11 +30,14 @@ const { values: flags } = parseArgs({
     only: { type: 'string' },
     quick: { type: 'boolean', default: false },
     'no-results': { type: 'boolean', default: false },
+    update: { type: 'boolean', default: false },
     help: { type: 'boolean', short: 'h', default: false },
   },
 })
 if (flags.help) {
-  process.stdout.write('usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,R,S] [--quick] [--no-results]\n')
+  process.stdout.write(
+    'usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,R,S] [--quick] [--no-results] [--update]\n',
+  )
   process.exit(0)
 }
 const REPS = Number.parseInt(flags.reps, 10)
@@ -769,11 +772,40 @@ function machine() {
   return [
     `- CPU: ${cpu[0]?.model ?? '?'} x ${cpu.length}`,
     `- memory: ${(totalmem() / 1024 ** 3).toFixed(1)} GiB`,
-    `- kernel: ${sh('uname -sr').trim()}; filesystem of bench/.work: ${sh(`stat -f -c %T '${WORK}'`).trim()}`,
+    `- kernel: ${sh('uname -sr').trim()}; filesystem of bench/.work: ${sh(`findmnt -no FSTYPE -T '${WORK}' || stat -f -c %T '${WORK}'`).trim()}`,
     `- stacker CLI: ${cliForm()}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
     `- load average at the end: ${loadAvg()}`,
     `- node ${process.version}; ${version('umoci --version')}; ${version('buildah --version')}; ${version('mksquashfs -version')}; ${version('pigz --version')}; ${version('zstd --version')}`,
   ].join('\n')
+}
+
+// Raw measurements of the last run at each size, so `--update` can rerun some workloads and keep the
+// others' rows.
+const rawFile = () => join(WORK, `results-${QUICK ? 'quick' : 'full'}.json`)
+
+function rawOf(map) {
+  return [...map].map(([w, tools]) => [w, [...tools]])
+}
+
+async function saveRaw(raw) {
+  await writeFile(rawFile(), `${JSON.stringify(raw)}\n`)
+}
+
+/** `--update`: the workloads this run did not measure come from the last run's raw file (kept in it
+ *  too, so a later update still has them). Returns that run's description. */
+async function mergeEarlier() {
+  let prev
+  try {
+    prev = JSON.parse(await readFile(rawFile(), 'utf8'))
+  } catch {
+    throw new Error(`--update: no earlier run of this size in ${rawFile()}`)
+  }
+  const merged = new Map()
+  for (const [w, tools] of prev.results) merged.set(w, results.get(w) ?? new Map(tools))
+  for (const [w, tools] of results) if (!merged.has(w)) merged.set(w, tools)
+  results.clear()
+  for (const [w, tools] of merged) results.set(w, tools)
+  return prev
 }
 
 async function writeResults(text) {
@@ -809,6 +841,11 @@ async function main() {
   await resetBuildah()
   await rm(BUILDAH_BASE, { force: true })
   const minutes = ((Date.now() - started.getTime()) / 60000).toFixed(1)
+  const args = process.argv.slice(2).join(' ')
+  const rerun = [...results.keys()]
+  const earlier = flags.update ? await mergeEarlier() : undefined
+  if (!flags['no-results'])
+    await saveRaw({ started: started.toISOString(), args, minutes, reps: REPS, results: rawOf(results) })
   const summary = table()
   const goals = targets()
   process.stdout.write(`\n${summary}\n\n${goals}\n`)
@@ -816,9 +853,13 @@ async function main() {
   if (flags['no-results']) return
   const text = `# Benchmark results
 
-Written by \`npm run bench\` (\`node bench/run.mjs${process.argv.slice(2).length ? ` ${process.argv.slice(2).join(' ')}` : ''}\`) on ${started.toISOString().slice(0, 10)}: ${
+Written by \`npm run bench\` (\`node bench/run.mjs${args ? ` ${args}` : ''}\`) on ${started.toISOString().slice(0, 10)}: ${
     QUICK ? "quick sizes (a tenth of the issue's)" : 'full sizes'
-  }, ${REPS} repetitions, tools alternating within each repetition, ${minutes} minutes in all.
+  }, ${REPS} repetitions, tools alternating within each repetition, ${minutes} minutes in all.${
+    earlier
+      ? `\nRows of ${rerun.join(', ')} are from that run; the others are kept from the run of ${earlier.started.slice(0, 16).replace('T', ' ')} UTC (\`node bench/run.mjs${earlier.args ? ` ${earlier.args}` : ''}\`, ${earlier.reps} repetitions, ${earlier.minutes} minutes), and the targets use both.`
+      : ''
+  }
 Times are wall-clock seconds; peak RSS is the largest single process of the run (GNU time's %M).
 
 Machine:

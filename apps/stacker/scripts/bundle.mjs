@@ -13,7 +13,8 @@
 //
 // `out` (default dist/bundle) must be <app>/dist/bundle of a copy of bin/stacker: inputs.json names
 // the inputs relative to that app dir.
-import { existsSync, statSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { existsSync, readFileSync, statSync } from 'node:fs'
 import { readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import { dirname, join, relative, resolve } from 'node:path'
@@ -122,7 +123,10 @@ const npmState = [join(root, 'pnpm-lock.yaml'), join(root, 'node_modules', '.mod
 )
 const files = [...[...inputs].filter((id) => !id.includes('/node_modules/')).sort(), ...npmState].map((id) => {
   const st = statSync(id)
-  return [relative(outApp, id), st.size, Math.round(st.mtimeMs)]
+  // The content hash settles a changed mtime with the same bytes (a cache restoring dist/, a rebuild
+  // that writes what was there).
+  const sha1 = createHash('sha1').update(readFileSync(id)).digest('hex')
+  return [relative(outApp, id), st.size, Math.round(st.mtimeMs), sha1]
 })
 await writeFile(join(staging, 'inputs.json'), `${JSON.stringify(files)}\n`)
 const old = `${out}.old-${process.pid}`

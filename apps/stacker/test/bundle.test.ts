@@ -64,12 +64,27 @@ describe('the CLI bundle', () => {
     expect(await caches()).toEqual(written)
   })
 
+  it('is still used when a file it was made from was rewritten with the same bytes', async () => {
+    const file = join(bundle, 'inputs.json')
+    const saved = await readFile(file, 'utf8')
+    const inputs = JSON.parse(saved) as Array<[string, number, number, string]>
+    for (const e of inputs) e[2] -= 1000
+    await writeFile(file, JSON.stringify(inputs))
+    for (const c of await caches()) await rm(join(bundle, c))
+    const r = await run(['--help'])
+    expect(r.exitCode).toBe(0)
+    // Only the bundle writes a code cache.
+    expect(await caches()).toHaveLength(1)
+    await writeFile(file, saved)
+  })
+
   it('is not used once a file it was made from has changed', async () => {
     const file = join(bundle, 'inputs.json')
-    const inputs = JSON.parse(await readFile(file, 'utf8')) as Array<[string, number, number]>
+    const inputs = JSON.parse(await readFile(file, 'utf8')) as Array<[string, number, number, string]>
     const [first] = inputs
     if (!first) throw new Error('empty inputs.json')
     first[2] -= 1000
+    first[3] = '0'.repeat(40)
     await writeFile(file, JSON.stringify(inputs))
     // The bundle is gone too: only a run of the compiled files can succeed.
     await rm(join(bundle, 'stacker.cjs'))
