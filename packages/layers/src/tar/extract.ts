@@ -1,22 +1,30 @@
-import { constants as fsConstants, type Stats } from 'node:fs'
 import {
-  chmod,
-  lchown,
-  link,
-  lstat,
-  lutimes,
-  mkdir,
-  open,
-  readdir,
-  readlink,
-  realpath,
-  rm,
-  symlink,
-  unlink,
-} from 'node:fs/promises'
+  chmodSync,
+  closeSync,
+  constants as fsConstants,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+  type Stats,
+  symlinkSync,
+  unlinkSync,
+  write,
+  writeSync,
+} from 'node:fs'
+import { mkdir, realpath } from 'node:fs/promises'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { createGunzip } from 'node:zlib'
-import { setAttribute } from '@napi-rs/xattr'
+import { setAttributeSync } from '@napi-rs/xattr'
 import { type Logger, silentLogger, StackerError } from '@stacker/core'
 import { readTar, type TarEntry } from './reader.js'
 import {
@@ -58,9 +66,28 @@ function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code
 }
 
-async function lstatOrNull(path: string): Promise<Stats | null> {
+/** Metadata calls and bodies up to this size are synchronous: on a cached target a thread-pool
+ *  round trip costs several times the system call, and a layer of small files is mostly round
+ *  trips. Larger bodies are written asynchronously so decompression keeps running meanwhile. */
+const SYNC_BODY_MAX = 256 << 10
+
+const FILE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW
+
+const writeAsync = promisify(write)
+
+function writeAllSync(fd: number, chunk: Buffer): void {
+  let off = 0
+  while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off)
+}
+
+async function writeAll(fd: number, chunk: Buffer): Promise<void> {
+  let off = 0
+  while (off < chunk.length) off += (await writeAsync(fd, chunk, off, chunk.length - off)).bytesWritten
+}
+
+function lstatOrNull(path: string): Stats | null {
   try {
-    return await lstat(path)
+    return lstatSync(path)
   } catch (e) {
     if (errno(e) === 'ENOENT') return null
     throw e
@@ -104,7 +131,7 @@ class Extractor {
   /** Resolves directory components the way the kernel would if the root were `/`: symlinks are
    *  followed but re-rooted, `..` stops at the root. Missing directories are created (0755, root)
    *  when `create`; otherwise a missing one is an error. Returns the real components. */
-  async #resolveDir(components: readonly string[], create: boolean): Promise<string[]> {
+  #resolveDir(components: readonly string[], create: boolean): string[] {
     const cur: string[] = []
     const queue = [...components]
     let hops = 0
@@ -116,17 +143,17 @@ class Extractor {
         continue
       }
       const path = this.#abs([...cur, c])
-      const st = await lstatOrNull(path)
+      const st = lstatOrNull(path)
       if (st === null) {
         if (!create) throw new EntryError(`${[...cur, c].join('/')} does not exist`)
-        await mkdir(path, 0o755)
+        mkdirSync(path, 0o755)
         cur.push(c)
         this.#noteCreated(cur)
         continue
       }
       if (st.isSymbolicLink()) {
         if (++hops > MAX_SYMLINK_HOPS) throw new EntryError('too many levels of symbolic links')
-        const target = await readlink(path)
+        const target = readlinkSync(path)
         if (target.startsWith('/')) cur.length = 0
         queue.unshift(...target.split('/'))
         continue
@@ -139,19 +166,19 @@ class Extractor {
 
   /** Splits an entry name into its resolved parent directory and final component. The final
    *  component is never followed. */
-  async #place(name: string, create = true): Promise<Placement> {
+  #place(name: string, create = true): Placement {
     const parts = splitName(name)
     if (parts.length === 0) return { root: true }
     const base = parts.pop()!
     if (base === '..') throw new EntryError('name ends in ".."')
     if (parts.includes('..')) this.#logger.debug(`tar entry ${JSON.stringify(name)} uses "..": kept inside the target`)
-    return { parent: await this.#resolveDir(parts, create), base }
+    return { parent: this.#resolveDir(parts, create), base }
   }
 
   /** Removes whatever is at `path` without following it. */
-  async #remove(path: string, st: Stats): Promise<void> {
-    if (st.isDirectory()) await rm(path, { recursive: true, force: true })
-    else await unlink(path)
+  #remove(path: string, st: Stats): void {
+    if (st.isDirectory()) rmSync(path, { recursive: true, force: true })
+    else unlinkSync(path)
   }
 
   async apply(e: TarEntry): Promise<void> {
@@ -162,60 +189,61 @@ class Extractor {
       await this.#whiteout(e, last)
       return
     }
-    const where = await this.#place(e.name)
+    const where = this.#place(e.name)
     if ('root' in where) {
       if (e.type !== 'dir') throw new EntryError('the root can only be a directory')
-      await this.#metadata(this.#root, e, 'dir')
+      this.#metadata(this.#root, e, 'dir')
       return
     }
     const rel = [...where.parent, where.base]
     const path = this.#abs(rel)
-    const existing = await lstatOrNull(path)
+    const existing = lstatOrNull(path)
 
     if (e.type === 'dir') {
-      if (existing && !existing.isDirectory()) await this.#remove(path, existing)
-      if (!existing?.isDirectory()) await mkdir(path, 0o700)
+      if (existing && !existing.isDirectory()) this.#remove(path, existing)
+      if (!existing?.isDirectory()) mkdirSync(path, 0o700)
       this.#noteCreated(rel)
-      await this.#metadata(path, e, 'dir')
+      this.#metadata(path, e, 'dir')
       return
     }
 
     if (e.type === 'link') {
-      const target = await this.#linkTarget(e.linkname)
+      const target = this.#linkTarget(e.linkname)
       if (target === path) throw new EntryError('hard link to itself')
-      if (existing) await this.#remove(path, existing)
-      await link(target, path)
+      if (existing) this.#remove(path, existing)
+      linkSync(target, path)
       this.#noteCreated(rel)
       return
     }
 
-    if (existing) await this.#remove(path, existing)
+    if (existing) this.#remove(path, existing)
     if (e.type === 'file') {
-      const fh = await open(
-        path,
-        fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW,
-        0o600,
-      )
+      // Read a small body before creating the file, so the file's calls run back to back.
+      const small: Buffer[] = []
+      if (e.size <= SYNC_BODY_MAX) for await (const chunk of e.body()) small.push(chunk)
+      const fd = openSync(path, FILE_FLAGS, 0o600)
+      this.#noteCreated(rel)
       try {
-        for await (const chunk of e.body()) await fh.write(chunk)
+        if (e.size <= SYNC_BODY_MAX) for (const chunk of small) writeAllSync(fd, chunk)
+        else for await (const chunk of e.body()) await writeAll(fd, chunk)
+        this.#metadata(path, e, 'file', fd)
       } finally {
-        await fh.close()
+        closeSync(fd)
       }
-    } else if (e.type === 'symlink') {
-      await symlink(e.linkname, path)
-    } else {
-      await mknod(path, e.type, e.mode, e.devmajor, e.devminor)
+      return
     }
+    if (e.type === 'symlink') symlinkSync(e.linkname, path)
+    else await mknod(path, e.type, e.mode, e.devmajor, e.devminor)
     this.#noteCreated(rel)
-    await this.#metadata(path, e, e.type)
+    this.#metadata(path, e, e.type)
   }
 
   /** A hard link's target: resolved inside the root, must exist and not be a directory. */
-  async #linkTarget(linkname: string): Promise<string> {
+  #linkTarget(linkname: string): string {
     if (linkname === '') throw new EntryError('hard link without a target')
     let where: Placement
     try {
-      where = await this.#place(linkname, false)
+      where = this.#place(linkname, false)
     } catch (err) {
       if (err instanceof EntryError)
         throw new EntryError(`hard link target ${JSON.stringify(linkname)}: ${err.message}`)
@@ -223,7 +251,7 @@ class Extractor {
     }
     if ('root' in where) throw new EntryError(`hard link to a directory (${JSON.stringify(linkname)})`)
     const target = this.#abs([...where.parent, where.base])
-    const st = await lstatOrNull(target)
+    const st = lstatOrNull(target)
     if (!st) throw new EntryError(`hard link target ${JSON.stringify(linkname)} does not exist`)
     if (st.isDirectory()) throw new EntryError(`hard link to a directory (${JSON.stringify(linkname)})`)
     return target
@@ -232,9 +260,9 @@ class Extractor {
   async #whiteout(e: TarEntry, base: string): Promise<void> {
     const parentParts = splitName(e.name).slice(0, -1)
     if (base === OPAQUE_WHITEOUT) {
-      const dir = await this.#resolveDir(parentParts, true)
-      if (this.#mode === 'overlay') await setAttribute(this.#abs(dir), OVERLAY_OPAQUE_XATTR, 'y')
-      else await this.#pruneLower(dir)
+      const dir = this.#resolveDir(parentParts, true)
+      if (this.#mode === 'overlay') setAttributeSync(this.#abs(dir), OVERLAY_OPAQUE_XATTR, 'y')
+      else this.#pruneLower(dir)
       return
     }
     if (base.startsWith(WHITEOUT_META_PREFIX)) {
@@ -244,47 +272,52 @@ class Extractor {
     const name = base.slice(WHITEOUT_PREFIX.length)
     if (name === '' || name === '.' || name === '..') throw new EntryError('invalid whiteout name')
     if (this.#mode === 'apply') {
-      const parent = await this.#resolveDir(parentParts, false).catch((err) => {
-        if (err instanceof EntryError) return undefined // nothing below a missing dir to delete
+      let parent: string[]
+      try {
+        parent = this.#resolveDir(parentParts, false)
+      } catch (err) {
+        if (err instanceof EntryError) return // nothing below a missing dir to delete
         throw err
-      })
-      if (!parent) return
+      }
       const rel = [...parent, name]
       // Whiteouts hide lower layers only; a name this layer wrote itself stays.
       if (this.#created.has(rel.join('/'))) return
-      const st = await lstatOrNull(this.#abs(rel))
-      if (st) await this.#remove(this.#abs(rel), st)
+      const st = lstatOrNull(this.#abs(rel))
+      if (st) this.#remove(this.#abs(rel), st)
       return
     }
-    const parent = await this.#resolveDir(parentParts, true)
+    const parent = this.#resolveDir(parentParts, true)
     const path = this.#abs([...parent, name])
-    const existing = await lstatOrNull(path)
-    if (existing) await this.#remove(path, existing)
+    const existing = lstatOrNull(path)
+    if (existing) this.#remove(path, existing)
     await mknod(path, 'char', 0, 0, 0)
-    await lchown(path, e.uid, e.gid)
-    await lutimes(path, e.mtime, e.mtime)
+    lchownSync(path, e.uid, e.gid)
+    lutimesSync(path, e.mtime, e.mtime)
   }
 
   /** `apply` for an opaque directory: drop what lower layers put below it, keeping what this
    *  layer created (and pruning inside the directories it created, which hide lower ones too). */
-  async #pruneLower(dir: readonly string[]): Promise<void> {
+  #pruneLower(dir: readonly string[]): void {
     const abs = this.#abs(dir)
-    for (const name of await readdir(abs)) {
+    for (const name of readdirSync(abs)) {
       const rel = [...dir, name]
-      const st = await lstat(join(abs, name))
-      if (!this.#created.has(rel.join('/'))) await this.#remove(join(abs, name), st)
-      else if (st.isDirectory()) await this.#pruneLower(rel)
+      const st = lstatSync(join(abs, name))
+      if (!this.#created.has(rel.join('/'))) this.#remove(join(abs, name), st)
+      else if (st.isDirectory()) this.#pruneLower(rel)
     }
   }
 
-  async #metadata(path: string, e: TarEntry, type: TarEntry['type']): Promise<void> {
-    await lchown(path, e.uid, e.gid)
+  /** `fd`, when given, is `path` opened without following it; the calls that can use it do. */
+  #metadata(path: string, e: TarEntry, type: TarEntry['type'], fd?: number): void {
+    if (fd === undefined) lchownSync(path, e.uid, e.gid)
+    else fchownSync(fd, e.uid, e.gid)
     if (type === 'symlink') {
-      await lutimes(path, e.mtime, e.mtime)
+      lutimesSync(path, e.mtime, e.mtime)
       return
     }
     // After chown, which clears setuid/setgid.
-    await chmod(path, e.mode & 0o7777)
+    if (fd === undefined) chmodSync(path, e.mode & 0o7777)
+    else fchmodSync(fd, e.mode & 0o7777)
     // After chown too, which drops security.capability.
     for (const [name, value] of e.xattrs) {
       if (isOverlayXattr(name)) {
@@ -292,7 +325,7 @@ class Extractor {
         continue
       }
       try {
-        await setAttribute(path, name, value)
+        setAttributeSync(path, name, value)
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err)
         // EPERM/EOPNOTSUPP: this filesystem or file type cannot hold it; the file is still usable.
@@ -301,15 +334,16 @@ class Extractor {
       }
     }
     if (type === 'dir') this.#dirTimes.push({ path, mtime: e.mtime })
-    else await lutimes(path, e.mtime, e.mtime)
+    else if (fd === undefined) lutimesSync(path, e.mtime, e.mtime)
+    else futimesSync(fd, e.mtime, e.mtime)
   }
 
   /** Sets directory times last: creating their contents changed them. */
-  async finish(): Promise<void> {
+  finish(): void {
     for (let i = this.#dirTimes.length - 1; i >= 0; i--) {
       const { path, mtime } = this.#dirTimes[i]!
       try {
-        await lutimes(path, mtime, mtime)
+        lutimesSync(path, mtime, mtime)
       } catch (e) {
         if (errno(e) !== 'ENOENT') throw e // replaced or whited out later in the same layer
       }
@@ -365,7 +399,7 @@ export async function extractTarLayer(
       entries++
       current = undefined
     }
-    await x.finish()
+    x.finish()
     return { entries }
   } catch (e) {
     if (e instanceof StackerError && e.code !== 'EXTRACT') throw e
