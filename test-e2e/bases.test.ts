@@ -233,7 +233,7 @@ extra:
   })
 
   it('extracts each base layer digest once, and not again on a rebuild', async () => {
-    const content = p.path('roots/content')
+    const content = p.path('roots/.store/content')
     const extracted = (await readdir(content)).filter((e) => e.startsWith('sha256_')).sort()
     const extraManifest = await readManifest(p.path('extra'), 'withempty')
     const want = [...new Set([...(await busyboxLayers()), ...extraManifest.layers.map((l) => l.digest)])]
@@ -376,16 +376,16 @@ describe('a hostile base layer', () => {
     expect(r.timedOut).toBe(false)
   }
 
-  /** Nothing named after `tag` exists outside `<project>/roots/content/sha256_*`, in /tmp or at /. */
+  /** Nothing named after `tag` exists outside `<project>/roots/.store/content/sha256_*`, in /tmp or at /. */
   async function expectContained(p: TempProject, tag: string): Promise<void> {
-    for (const d of ['/tmp', '/', '/etc', '/root', p.dir, p.path('roots'), p.path('roots/content')]) {
+    for (const d of ['/tmp', '/', '/etc', '/root', p.dir, p.path('roots'), p.path('roots/.store/content')]) {
       const hits = (await readdir(d)).filter((n) => n.includes(tag))
       expect(hits, d).toEqual([])
     }
-    const content = p.path('roots/content')
+    const content = p.path('roots/.store/content')
     const inContent = existsSync(content) ? (await readdir(content)).filter((n) => n.startsWith('sha256_')) : []
     const outside = (await listAll(p.dir, '')).filter(
-      (r) => r.includes(tag) && !inContent.some((c) => r.startsWith(`roots/content/${c}/`)),
+      (r) => r.includes(tag) && !inContent.some((c) => r.startsWith(`roots/.store/content/${c}/`)),
     )
     expect(outside).toEqual([])
   }
@@ -406,9 +406,9 @@ describe('a hostile base layer', () => {
       await expectContained(p, tag)
       if (r.exitCode === 0) {
         // The symlinks are still symlinks in the extracted content, not followed.
-        const [c] = (await readdir(p.path('roots/content'))).filter((n) => n.startsWith('sha256_'))
-        expect((await lstat(p.path(`roots/content/${c}/evil`))).isSymbolicLink()).toBe(true)
-        expect(await readFile(p.path(`roots/content/${c}/ok.txt`), 'utf8')).toBe('fine\n')
+        const [c] = (await readdir(p.path('roots/.store/content'))).filter((n) => n.startsWith('sha256_'))
+        expect((await lstat(p.path(`roots/.store/content/${c}/evil`))).isSymbolicLink()).toBe(true)
+        expect(await readFile(p.path(`roots/.store/content/${c}/ok.txt`), 'utf8')).toBe('fine\n')
       }
       assertNoMountsUnder(p.dir)
     } finally {
@@ -428,7 +428,7 @@ describe('a hostile base layer', () => {
       expectCleanOutcome(r)
       await expectContained(p, tag)
       // Whatever was made, none of it is the host's /etc/passwd.
-      const content = p.path('roots/content')
+      const content = p.path('roots/.store/content')
       for (const c of existsSync(content) ? await readdir(content) : [])
         for (const f of await readdir(join(content, c)).catch(() => []))
           expect((await lstat(join(content, c, f))).ino, f).not.toBe(hostPasswd.ino)

@@ -292,8 +292,8 @@ describe('a build killed at any point', () => {
       notYet: (round) => !marker(`t1-start-${round}`),
       // SIGINT stops the unpacking itself rather than waiting for it to finish.
       interrupted: () => {
-        expect(existsSync(p.path('roots/build/t1/upper'))).toBe(true)
-        expect(existsSync(p.path('roots/build/t1/upper/zzz-last'))).toBe(false)
+        expect(existsSync(p.path('roots/.store/build/t1/upper'))).toBe(true)
+        expect(existsSync(p.path('roots/.store/build/t1/upper/zzz-last'))).toBe(false)
       },
     },
     {

@@ -6,7 +6,7 @@ import { extractTarLayer } from '@stacker/layers'
 import { fsImageContentId, openChainContents, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
 import type { Layer } from '@stacker/stackerfile'
-import type { BuildContext, BuiltLayer } from './context.js'
+import { builtIdentity, type BuildContext, type BuiltLayer } from './context.js'
 import { hashFile } from './hashing.js'
 import { copyImport, type ResolvedImport } from './imports.js'
 import { exists, schemeOf } from './util.js'
@@ -50,7 +50,7 @@ export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<Reso
         throw new StackerError('DEPENDENCY', `couldn't find a cache of base layer for ${layer.name}: ${tag}`, {
           pos: from.pos,
         })
-      return { key: `built:${parent.entry.key}`, chain: [...parent.entry.chain], parent }
+      return { key: `built:${builtIdentity(parent)}`, chain: [...parent.entry.chain], parent }
     }
     case 'tar': {
       const tarball = await acquireTar(ctx, layer)
@@ -111,6 +111,14 @@ async function openLayoutImage(ctx: BuildContext, dir: string, ref: string, laye
     contents: img.manifest.layers.map(contentIdForBlob),
   }
   ctx.logger.info(`loading ${dir}:${ref}`)
+  // The blobs are read in place, not copied; with --progress they are still announced the way a
+  // copy of the image announces them, which scripts look for.
+  for (const d of img.manifest.layers) {
+    const label = d.digest.slice(0, d.digest.indexOf(':') + 13)
+    const event = { id: `base:${d.digest}`, kind: 'pull', label, current: 0, total: d.size } as const
+    ctx.logger.progress(event)
+    ctx.logger.progress({ ...event, current: d.size, done: true })
+  }
   await extractImageLayers(ctx, image)
   return image
 }
@@ -132,6 +140,7 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
           sourceDescription: d.digest,
         })
       })
+      await ctx.store.setBlobView(d.digest, image.contents[i] as string)
     }),
   )
   await openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, image.contents)

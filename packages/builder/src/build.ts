@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs'
-import { readdir, rm } from 'node:fs/promises'
-import { join } from 'node:path'
+import { rm } from 'node:fs/promises'
+import { join, resolve } from 'node:path'
 import { digestHex, memoryLogger, sha256Digest, StackerError, type Logger } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import { OciLayout, type Descriptor } from '@stacker/oci'
@@ -28,9 +28,12 @@ import {
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
-import { destImportContent, resolveImports, stageImports } from './imports.js'
+import { destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
+import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
+import { commitLayerContent } from './content.js'
+import { hostCouplings } from './coupling.js'
 import { openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
@@ -135,9 +138,11 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
     return flushing
   }
   const slots = new Semaphore(ctx.opts.jobs)
+  const coupled = hostCouplings(order)
+  let unfinished = order.length
   const results = order.map((layer, i) => {
     const p = (async () => {
-      for (const dep of dependenciesOf(layer)) {
+      for (const dep of [...dependenciesOf(layer), ...(coupled.get(layer.name) ?? [])]) {
         const d = done.get(dep)
         if (d) await d
       }
@@ -148,6 +153,10 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
         const r = await buildLayer({ ...ctx, logger: log }, layer)
         tagged[i] = { layer, tags: r.tags }
         await flushTags()
+        // The layout is collected once every layer is tagged, before the last layer's closing
+        // line: a build's output ends with `filesystem NAME built successfully`, as upstream's.
+        if (--unfinished === 0) await ctx.layout.gc()
+        if (r.closing !== undefined) log.info(r.closing)
         return r.built
       } finally {
         slots.release()
@@ -159,7 +168,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const settled = await Promise.allSettled(results)
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
-  await ctx.layout.gc()
+  if (order.length === 0) await ctx.layout.gc()
 }
 
 class Semaphore {
@@ -214,9 +223,47 @@ async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<Over
   return out
 }
 
-async function chainPresent(ctx: BuildContext, chain: readonly string[]): Promise<boolean> {
-  for (const id of chain) if (!(await ctx.store.hasContent(id))) return false
-  return true
+/** The ids of `chain` whose content is gone (e.g. the roots dir was deleted). */
+async function missingContent(ctx: BuildContext, chain: readonly string[]): Promise<string[]> {
+  const out: string[] = []
+  for (const id of chain) if (!(await ctx.store.hasContent(id))) out.push(id)
+  return out
+}
+
+/** Upstream's words when a layer's inputs are unchanged but what it built is gone. */
+function missingContentReason(
+  overlayDirs: readonly OverlayDirPart[],
+  chain: readonly string[],
+  missing: readonly string[],
+): string {
+  // The layer's own overlay_dir copies are the last ones of its chain, in overlay_dirs order.
+  const own = chain.filter((id) => id.startsWith(OVERLAY_DIR_PREFIX)).slice(-overlayDirs.length)
+  const i = own.findIndex((id) => missing.includes(id))
+  const od = overlayDirs.length > 0 && i >= 0 ? overlayDirs[i] : undefined
+  if (od) return `cache miss because overlay_dir was missing: ${od.source}`
+  return `cache miss because the layer's filesystem was missing: ${missing[0]}`
+}
+
+const OVERLAY_DIR_PREFIX = 'ovl_'
+
+/** The content id of an overlay_dir copy: its source tree's digest and where it lands in the image
+ *  (`dest` with the base's symlinks resolved). */
+function overlayDirContentId(od: OverlayDirPart, dest: string): string {
+  // `owner0`: contents made before the copy dropped host ownership must not be reused.
+  return `${OVERLAY_DIR_PREFIX}${digestHex(sha256Digest(`${od.digest}|${dest}|owner0`)).slice(0, 32)}`
+}
+
+/** Points the layer's record (what chroot, grab and stacker:// read) and its roots views at `entry`,
+ *  the filesystem this build uses for it: a cache hit may name another state than the last build. */
+async function recordLayer(ctx: BuildContext, entry: CacheEntry): Promise<void> {
+  const rec = await ctx.store.readLayer(entry.name)
+  const same =
+    rec !== undefined &&
+    rec.chain.length === entry.chain.length &&
+    rec.chain.every((id, i) => id === entry.chain[i]) &&
+    (rec.meta as { key?: unknown } | undefined)?.key === entry.key
+  if (!same) await ctx.store.writeLayer(entry.name, { version: 1, chain: entry.chain, meta: { key: entry.key } })
+  await ctx.store.setLayerView(entry.name, entry.ownContent ?? undefined)
 }
 
 function originOf(base: ResolvedBase): Origin {
@@ -237,6 +284,7 @@ export async function planLayer(ctx: BuildContext, layer: Layer) {
   const base = await resolveBase(ctx, layer)
   const overlayDirs = await resolveOverlayDirs(ctx, layer)
   const parts: CacheParts = {
+    name: layer.name,
     definition: layerDefinition(layer),
     base: base.key,
     sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
@@ -250,28 +298,32 @@ export async function planLayer(ctx: BuildContext, layer: Layer) {
 export async function cachedEntry(ctx: BuildContext, layer: Layer): Promise<CacheEntry | undefined> {
   const { key } = await planLayer(ctx, layer)
   const hit = await ctx.cache.get(key)
-  return hit && (await chainPresent(ctx, hit.chain)) ? hit : undefined
+  return hit && (await missingContent(ctx, hit.chain)).length === 0 ? hit : undefined
 }
 
 async function buildLayer(
   ctx: BuildContext,
   layer: Layer,
-): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]> }> {
+): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]>; closing?: string }> {
   const log = ctx.logger
   log.info(`preparing image ${layer.name}...`)
   const { imports, base, overlayDirs, parts, key } = await planLayer(ctx, layer)
 
   if (!ctx.opts.noCache) {
     const hit = await ctx.cache.get(key)
-    if (hit && (await chainPresent(ctx, hit.chain))) {
+    const missing = hit ? await missingContent(ctx, hit.chain) : []
+    if (hit && missing.length === 0) {
       if (layer.binds.length === 0) {
         const built: BuiltLayer = { layer, entry: hit }
         ctx.built.set(layer.name, built)
+        await recordLayer(ctx, hit)
         const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, true)
         if (layer.buildOnly) log.info(`found cached layer ${layer.name}`)
         return { built, tags }
       }
       log.info('rebuilding cached layer due to use of binds in stacker file')
+    } else if (hit) {
+      log.info(missingContentReason(overlayDirs, hit.chain, missing))
     } else {
       const prev = await ctx.cache.lastFor(layer.name)
       if (prev) for (const line of explainMiss(prev.parts, parts, ctx.s.debug)) log.info(line)
@@ -282,20 +334,32 @@ async function buildLayer(
   const chain = [...base.chain]
   const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
   const overlayNote = `stacker overlay dir for ${layer.name}`
+  const destImports = imports.filter((i) => i.spec.dest !== undefined)
+  // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
+  // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
+  const resolveDest =
+    overlayDirs.length + destImports.length > 0 && chain.length > 0
+      ? await withChainView(ctx, chain, async (root) => {
+          const seen = new Map<string, string>()
+          for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
+            seen.set(d, resolveInRoot(root, d))
+          return (d: string) => seen.get(d) ?? d
+        })
+      : (d: string) => d
   for (const od of overlayDirs) {
-    // `owner0`: contents made before the copy dropped host ownership must not be reused.
-    const id = `ovl_${digestHex(sha256Digest(`${od.digest}|${od.dest}|owner0`)).slice(0, 32)}`
+    const dest = resolveDest(od.dest)
+    if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
+    const id = overlayDirContentId(od, dest)
     await ctx.store.ensureContent(id, async (dir) => {
-      await copyTree(od.source, join(dir, od.dest), { contents: true, ownership: false })
+      await copyTree(od.source, join(dir, dest), { contents: true, ownership: false })
     })
     chain.push(id)
     chainNotes.push(overlayNote)
   }
-  for (const imp of imports)
-    if (imp.spec.dest !== undefined) {
-      chain.push(await destImportContent(ctx, imp))
-      chainNotes.push(overlayNote)
-    }
+  for (const imp of destImports) {
+    chain.push(await destImportContent(ctx, imp, resolveDest(destDirOf(imp))))
+    chainNotes.push(overlayNote)
+  }
   if (base.tarball) {
     log.info(`unpacking ${base.tarball}`)
     await extractTarLayer(createReadStream(base.tarball), ws.upper, {
@@ -305,8 +369,9 @@ async function buildLayer(
       sourceDescription: base.tarball,
     })
   }
+  // Staged whether or not the layer runs anything: users and scripts look for them there.
+  const importsDir = await stageImports(ctx, layer, imports)
   if (layer.run.length) {
-    const importsDir = await stageImports(ctx, layer, imports)
     await openChain(ctx, chain)
     // A mount made after an interrupt's cleanups have run would outlive the process.
     ctx.s.signal?.throwIfAborted()
@@ -317,10 +382,10 @@ async function buildLayer(
       await mount.release()
     }
   }
-  if ((await readdir(ws.upper)).length > 0) {
-    const id = `d_${digestHex(key).slice(0, 40)}`
-    await ctx.store.adoptContent(id, ws.upper)
-    chain.push(id)
+  await openChain(ctx, chain)
+  const own = await commitLayerContent(ctx, ws.upper, chain)
+  if (own !== undefined) {
+    chain.push(own)
     chainNotes.push(`stacker build of ${layer.name}`)
   }
   await rm(ws.root, { recursive: true, force: true })
@@ -334,6 +399,7 @@ async function buildLayer(
     chainNotes,
     buildOnly: layer.buildOnly,
     origin: originOf(base),
+    ownContent: own ?? null,
     generatedLabels: [],
     outputs: {},
   }
@@ -342,9 +408,8 @@ async function buildLayer(
   ctx.built.set(layer.name, built)
   const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, false)
   await ctx.cache.put(entry)
-  await ctx.store.writeLayer(layer.name, { version: 1, chain, meta: { key } })
-  log.info(`filesystem ${layer.name} built successfully`)
-  return { built, tags }
+  await recordLayer(ctx, entry)
+  return { built, tags, closing: `filesystem ${layer.name} built successfully` }
 }
 
 /** Makes every requested output of a layer, reusing cached ones, and returns the tags to set. */

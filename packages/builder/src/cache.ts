@@ -13,7 +13,7 @@ import type { Descriptor } from '@stacker/oci'
 import { changedPaths, type TreeEntry } from './hashing.js'
 
 /** Bumped whenever the meaning of a cache entry or of a generated layer changes. */
-export const CACHE_VERSION = 2
+export const CACHE_VERSION = 3
 
 export interface ImportPart {
   path: string
@@ -31,6 +31,9 @@ export interface OverlayDirPart {
 
 /** Everything a layer's filesystem depends on, computed before anything runs. */
 export interface CacheParts {
+  /** Layers alike in everything but the name still get their own entries: two of them built at
+   *  once must never answer for each other's (possibly different) content. */
+  name: string
   definition: unknown
   base: string
   sourceDateEpoch: number | null
@@ -50,6 +53,8 @@ export interface CacheEntry {
   buildOnly: boolean
   /** What the layer's outputs extend: the chain entries it covers come from there. */
   origin: Origin
+  /** The content id of the layer's own diff (the top of `chain`), null when its build changed nothing. */
+  ownContent: string | null
   /** Labels written by generate_labels. */
   generatedLabels: Array<[string, string]>
   /** Output manifests by output key (`tar+false`, `squashfs+true`, ...). */
@@ -163,6 +168,7 @@ function isCacheEntry(e: unknown, key: Digest): e is CacheEntry {
   if (!isObject(e) || e.key !== key || typeof e.name !== 'string' || typeof e.buildOnly !== 'boolean') return false
   if (!isStringArray(e.chain) || !isStringArray(e.chainNotes) || e.chainNotes.length !== e.chain.length) return false
   if (!isObject(e.outputs) || !isObject(e.origin) || !Array.isArray(e.generatedLabels)) return false
+  if (e.ownContent !== null && (typeof e.ownContent !== 'string' || e.chain.at(-1) !== e.ownContent)) return false
   const p = e.parts
   return (
     isObject(p) &&
@@ -203,7 +209,12 @@ export function explainMiss(prev: CacheParts, next: CacheParts, debug: boolean):
   for (const o of next.overlayDirs) {
     const p = prevOd.get(o.source)
     if (!p) return [`cache miss because of new overlay_dir: ${o.source}`]
-    if (p.digest !== o.digest) changed.push({ source: o.source, paths: changedPaths(p.entries, o.entries) })
+    if (p.digest !== o.digest)
+      changed.push({
+        source: o.source,
+        // Full host paths, as upstream prints them.
+        paths: changedPaths(p.entries, o.entries).map((rel) => (rel === '.' ? o.source : join(o.source, rel))),
+      })
   }
   if (changed.length) {
     const lines = [`cache miss because content of ${changed.length} overlay dirs changed:`]

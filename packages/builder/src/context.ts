@@ -1,4 +1,4 @@
-import type { Logger } from '@stacker/core'
+import { canonicalJson, digestHex, sha256Digest, type Logger } from '@stacker/core'
 import { openChainContents } from './fs-contents.js'
 import type { OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
@@ -51,4 +51,13 @@ export interface BuildContext {
 /** Opens the squashfs/erofs base contents of a chain before it is mounted or read. */
 export function openChain(ctx: BuildContext, chain: readonly string[]): Promise<void> {
   return openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, chain)
+}
+
+/** What a layer built on `parent` depends on: the parent's inputs (its image config is inherited)
+ *  and what its build produced (the content ids of its filesystem are derived from the content),
+ *  so a parent rebuilt with other content rebuilds its children, and one rebuilt with the same
+ *  content does not. */
+export function builtIdentity(parent: BuiltLayer): string {
+  const { key, chain, generatedLabels } = parent.entry
+  return digestHex(sha256Digest(canonicalJson({ key, chain, generatedLabels })))
 }

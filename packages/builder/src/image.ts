@@ -17,7 +17,7 @@ import {
 import type { Layer } from '@stacker/stackerfile'
 import type { Origin } from './cache.js'
 import type { BuildContext, BuiltLayer } from './context.js'
-import { projectContent } from './projections.js'
+import { EMPTY_CONTENT, projectContent } from './projections.js'
 import { outputKey, type OutputType } from './types.js'
 
 export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -50,13 +50,22 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
   const base = await outputBase(ctx, b.entry.origin, out)
   const layers: NewLayer[] = []
   const created = createdTime(ctx)
+  const own = `stacker build of ${b.layer.name}`
+  let fromBuildOnly = false
   for (let i = base.covered; i < b.entry.chain.length; i++) {
     const id = b.entry.chain[i] as string
     const extra = id.startsWith('ovl_') || id.startsWith('imp_')
     const p = await projectContent(ctx, id, out, { uncompressed: extra })
     if (!p) continue
-    const createdBy = b.entry.chainNotes[i] ?? `stacker build of ${b.layer.name}`
+    const createdBy = b.entry.chainNotes[i] ?? own
+    if (createdBy.startsWith('stacker build of ') && createdBy !== own) fromBuildOnly = true
     layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: createdBy } })
+  }
+  // An image that carries build_only ancestors' layers ends with the layer's own, empty when its
+  // build changed nothing, as upstream's images of such chains do; either way, the same every build.
+  if (fromBuildOnly && b.entry.ownContent === null) {
+    const p = await projectContent(ctx, EMPTY_CONTENT, out, { allowEmpty: true })
+    if (p) layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: own } })
   }
   const author = authorName(ctx)
   const parts = mutateImage(base.image, {

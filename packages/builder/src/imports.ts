@@ -7,7 +7,7 @@ import { pipeline } from 'node:stream/promises'
 import { sha256Digest, StackerError } from '@stacker/core'
 import type { ImportSpec, Layer } from '@stacker/stackerfile'
 import type { ImportPart } from './cache.js'
-import { openChain, type BuildContext } from './context.js'
+import { builtIdentity, openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
 import { copyTree, exists, schemeOf } from './util.js'
 import { RUN_SCRIPT } from './run.js'
@@ -59,7 +59,8 @@ export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<R
       out.push({
         spec,
         stacker: { layer: src, path },
-        part: { path: spec.path, kind: 'stacker', digest: `${built.entry.key}:${path}`, ...destPart },
+        // The source layer's filesystem by content, so a rebuild of it that changed the file is seen.
+        part: { path: spec.path, kind: 'stacker', digest: `${builtIdentity(built)}:${path}`, ...destPart },
       })
     } else if (scheme !== undefined) {
       throw new StackerError('IMPORT', `unsupported url scheme ${scheme}`, { pos: spec.pos })
@@ -236,15 +237,21 @@ export async function stageImports(
   return dir
 }
 
-/** Makes (or reuses) the content dir for an import with `dest`: its own layer, like an overlay_dir. */
-export async function destImportContent(ctx: BuildContext, imp: ResolvedImport): Promise<string> {
+/** The image directory an import with `dest` is copied into (see destPlacement). */
+export function destDirOf(imp: ResolvedImport): string {
+  return destPlacement(imp.spec.path, imp.spec.dest as string).dir
+}
+
+/** Makes (or reuses) the content dir for an import with `dest`: its own layer, like an overlay_dir.
+ *  `dir` is destDirOf(imp) with the base's symlinks resolved. */
+export async function destImportContent(ctx: BuildContext, imp: ResolvedImport, dir: string): Promise<string> {
   const spec = imp.spec
   const dest = spec.dest as string
   if (imp.part.kind === 'missing')
     throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
-  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path])).slice(7, 39)}`
+  const { name } = destPlacement(spec.path, dest)
+  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
-    const { dir, name } = destPlacement(spec.path, dest)
     const targetDir = join(root, dir)
     await mkdir(targetDir, { recursive: true })
     const target = name === undefined ? targetDir : join(targetDir, name)

@@ -7,6 +7,17 @@ import { CACHE_VERSION } from './cache.js'
 import { openChain, type BuildContext } from './context.js'
 import { outputKey, type OutputType } from './types.js'
 
+interface ProjectOptions {
+  /** Uncompressed tar (overlay_dir and dest-import layers, converted base layers). */
+  uncompressed?: boolean
+  /** A layer even for an empty content dir (see EMPTY_CONTENT). */
+  allowEmpty?: boolean
+}
+
+/** The content id of an empty dir: the layer of a build that changed nothing, where the image must
+ *  still get one. */
+export const EMPTY_CONTENT = 'empty'
+
 /** One content dir written as one layer blob of one output type. */
 export interface Projection {
   descriptor: Descriptor
@@ -26,16 +37,23 @@ export function projectContent(
   ctx: BuildContext,
   id: string,
   out: OutputType,
-  opts: { uncompressed?: boolean } = {},
+  opts: ProjectOptions = {},
 ): Promise<Projection | undefined> {
   const sde = ctx.s.sourceDateEpoch ?? 'none'
   const writer = out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : ''
-  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}.${sde}.v${CACHE_VERSION}${writer}`
+  const empty = opts.allowEmpty ? '.e' : ''
+  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}${empty}.${sde}.v${CACHE_VERSION}${writer}`
   const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
   const key = `${ctx.layout.dir}|${recordFile}`
   let p = inflight.get(key)
   if (!p) {
-    p = generate(ctx, id, out, recordFile, opts).finally(() => inflight.delete(key))
+    p = generate(ctx, id, out, recordFile, opts)
+      .then(async (r) => {
+        // Where upstream keeps a generated layer's content: sha256_<blob digest>/overlay.
+        if (r) await ctx.store.setBlobView(r.descriptor.digest, id)
+        return r
+      })
+      .finally(() => inflight.delete(key))
     inflight.set(key, p)
   }
   return p
@@ -46,7 +64,7 @@ async function generate(
   id: string,
   out: OutputType,
   recordFile: string,
-  opts: { uncompressed?: boolean },
+  opts: ProjectOptions,
 ): Promise<Projection | undefined> {
   try {
     const rec = JSON.parse(await readFile(recordFile, 'utf8')) as { empty?: boolean; projection?: Projection }
@@ -55,9 +73,10 @@ async function generate(
   } catch {
     // No record yet, or a corrupt one: generate.
   }
+  if (id === EMPTY_CONTENT) await ctx.store.ensureContent(id, async () => {})
   await openChain(ctx, [id])
   const dir = ctx.store.contentPath(id)
-  if ((await readdir(dir)).length === 0) {
+  if (!opts.allowEmpty && (await readdir(dir)).length === 0) {
     await atomicWriteFile(recordFile, JSON.stringify({ empty: true }))
     return undefined
   }
@@ -69,6 +88,7 @@ async function generate(
     let reported = -1
     const r = await writeTarLayer(dir, ctx.layout.createBlobWriter(), {
       compression: opts.uncompressed ? 'none' : (out.tarCompression ?? 'gzip'),
+      ...(opts.allowEmpty ? { allowEmpty: true } : {}),
       ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
       logger: ctx.logger,
       onProgress: (bytes) => {
@@ -88,6 +108,7 @@ async function generate(
     await mkdir(tmp, { recursive: true })
     const r = await writeFsImage(dir, tmp, {
       kind: out.type,
+      ...(opts.allowEmpty ? { allowEmpty: true } : {}),
       verity: out.verity,
       ...(sde !== undefined ? { sourceDateEpoch: sde } : {}),
       logger: ctx.logger,

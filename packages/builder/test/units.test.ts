@@ -116,7 +116,14 @@ describe('containerConfig', () => {
 })
 
 describe('explainMiss', () => {
-  const base: CacheParts = { definition: { a: 1 }, base: 'b', sourceDateEpoch: null, imports: [], overlayDirs: [] }
+  const base: CacheParts = {
+    name: 'l',
+    definition: { a: 1 },
+    base: 'b',
+    sourceDateEpoch: null,
+    imports: [],
+    overlayDirs: [],
+  }
   it('names what changed, in upstream order', () => {
     expect(explainMiss(base, { ...base, definition: { a: 2 } }, false)).toEqual([
       'cache miss because layer definition was changed',
@@ -140,7 +147,7 @@ describe('explainMiss', () => {
     const next: CacheParts = { ...base, overlayDirs: [od('/a', '2'), od('/b', '2'), od('/c', '2')] }
     const lines = explainMiss(prev, next, false)
     expect(lines[0]).toBe('cache miss because content of 3 overlay dirs changed:')
-    expect(lines[1]).toBe('Changed overlay_dir: /a\nContents that changed:\nf')
+    expect(lines[1]).toBe('Changed overlay_dir: /a\nContents that changed:\n/a/f')
     expect(lines.at(-1)).toBe('and 1 other overlay_dirs. use --debug for complete output')
     expect(explainMiss(prev, next, true)).toHaveLength(4)
   })

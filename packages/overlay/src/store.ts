@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, readFile, readdir, rename, rm, stat, symlink } from 'node:fs/promises'
-import { isAbsolute, join, resolve } from 'node:path'
+import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises'
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import { type Logger, StackerError, atomicWriteFile, onCleanup, silentLogger } from '@stacker/core'
 import { execa } from './execa.js'
 import { decodeLayerName, encodeLayerName, validateContentId } from './names.js'
-import { type Mount, removeTree, unmount, unmountAll } from './mounts.js'
+import { listMounts, type Mount, removeTree, unmount, unmountAll } from './mounts.js'
 
 /** A throwaway writable view of a chain; everything written lands in `upper` and is deleted by
  *  `release()`. */
@@ -40,15 +40,27 @@ export interface BuildWorkspace {
   rootfs: string
 }
 
+/** The store's own dir inside the roots dir. Layer views (`<name>/overlay`, `<name>/rootfs`) and
+ *  blob views (`sha256_<hex>/overlay`) sit beside it, where upstream keeps its dirs, so the store's
+ *  names must not be names a layer can have. */
+export const STORE_DIR = '.store'
+
+// Names the store used directly under the roots dir before STORE_DIR: such a roots dir is from an
+// older version whose cache records no longer apply.
+const OLD_LAYOUT = ['content', 'layers', 'build', 'tmp']
+
 /**
  * The layer filesystem store under a roots dir:
  *
- *   content/<id>/        immutable layer content in overlay format (whiteouts are 0:0 char devices,
- *                        opaque dirs carry user.overlay.opaque=y); a dir appears there complete or
- *                        not at all (filled in tmp/, then renamed)
- *   layers/<name>.json   a layer's record: its chain of content ids (replaced atomically)
- *   build/<name>/        transient build workspace (upper, work, rootfs)
- *   tmp/                 staging, snapshots and mount link dirs; emptied at open
+ *   .store/content/<id>/      immutable layer content in overlay format (whiteouts are 0:0 char
+ *                             devices, opaque dirs carry user.overlay.opaque=y); a dir appears there
+ *                             complete or not at all (filled in tmp/, then renamed)
+ *   .store/layers/<name>.json a layer's record: its chain of content ids (replaced atomically)
+ *   .store/build/<name>/      transient build workspace (upper, work)
+ *   .store/tmp/               staging, snapshots and mount link dirs; emptied at open
+ *   <name>/overlay            view: symlink to the layer's own content (an empty dir when it has none)
+ *   <name>/rootfs             view: where the layer's build mounts its filesystem (empty otherwise)
+ *   sha256_<hex>/overlay      view: symlink to the content a layer blob of that digest was made from
  *
  * Overlay mounts use `userxattr` and name their layers through a per-mount dir of short symlinks,
  * mounted with that dir as cwd, so the option string stays a few bytes per layer (a chain of
@@ -73,9 +85,14 @@ export class OverlayStore {
    *  (unmounting first, so no stale view is ever deleted through). */
   static async open(rootsDir: string, opts: { logger?: Logger } = {}): Promise<OverlayStore> {
     const store = new OverlayStore(resolve(rootsDir), opts.logger ?? silentLogger)
-    for (const d of ['content', 'layers', 'build', 'tmp']) await mkdir(join(store.rootsDir, d), { recursive: true })
+    await store.#dropOldLayout()
+    for (const d of ['content', 'layers', 'build', 'tmp']) await mkdir(store.#path(d), { recursive: true })
+    // Build mounts of a killed process on `<name>/rootfs` views. Opened images under content/ are
+    // left to whoever opens them next (they show the right content).
+    const content = `${store.#path('content')}/`
+    for (const mp of (await listMounts(store.rootsDir)).reverse()) if (!mp.startsWith(content)) await unmount(mp)
     for (const area of ['tmp', 'build']) {
-      const dir = join(store.rootsDir, area)
+      const dir = store.#path(area)
       const stale = await readdir(dir)
       if (stale.length === 0) continue
       store.#logger.debug(`removing ${stale.length} stale entries from ${dir}`)
@@ -85,14 +102,27 @@ export class OverlayStore {
     return store
   }
 
+  #path(...parts: string[]): string {
+    return join(this.rootsDir, STORE_DIR, ...parts)
+  }
+
   get #tmp(): string {
-    return join(this.rootsDir, 'tmp')
+    return this.#path('tmp')
+  }
+
+  async #dropOldLayout(): Promise<void> {
+    if (await exists(this.#path())) return
+    const found: string[] = []
+    for (const d of OLD_LAYOUT) if (await isDir(join(this.rootsDir, d))) found.push(d)
+    if (found.length !== OLD_LAYOUT.length) return
+    this.#logger.info(`removing layer storage of an older version from ${this.rootsDir}`)
+    for (const d of OLD_LAYOUT) await removeTree(join(this.rootsDir, d))
   }
 
   /** The dir of a content id (whether or not it exists). Throws on an invalid id. */
   contentPath(id: string): string {
     validateContentId(id)
-    return join(this.rootsDir, 'content', id)
+    return this.#path('content', id)
   }
 
   async hasContent(id: string): Promise<boolean> {
@@ -168,7 +198,7 @@ export class OverlayStore {
   }
 
   #layerFile(name: string): string {
-    return join(this.rootsDir, 'layers', `${encodeLayerName(name)}.json`)
+    return this.#path('layers', `${encodeLayerName(name)}.json`)
   }
 
   /** The record of `name`, or undefined when there is none or it is unreadable (logged). */
@@ -204,7 +234,7 @@ export class OverlayStore {
 
   /** Names of all recorded layers, sorted. */
   async listLayers(): Promise<string[]> {
-    const dir = join(this.rootsDir, 'layers')
+    const dir = this.#path('layers')
     const names: string[] = []
     for (const f of await readdir(dir)) {
       if (!f.endsWith('.json') || f.startsWith('.')) continue
@@ -327,21 +357,84 @@ export class OverlayStore {
   }
 
   /** A fresh, empty build workspace for `name`; whatever an earlier (killed) build of that name
-   *  left there, mounts included, is removed first. The caller mounts rootfs itself. */
+   *  left there, mounts included, is removed first. The caller mounts rootfs itself: it is the
+   *  layer's `<name>/rootfs` view when the name can have one. */
   async prepareBuild(name: string): Promise<BuildWorkspace> {
-    const root = join(this.rootsDir, 'build', encodeLayerName(name))
+    const root = this.#path('build', encodeLayerName(name))
     if (await exists(root)) {
       this.#logger.debug(`removing leftovers of an earlier build of ${name}`)
       await removeTree(root)
     }
-    const ws = { root, upper: join(root, 'upper'), work: join(root, 'work'), rootfs: join(root, 'rootfs') }
+    const view = this.#viewDir(name)
+    let rootfs = join(root, 'rootfs')
+    if (view !== undefined) {
+      rootfs = join(view, 'rootfs')
+      await unmountAll(rootfs)
+    }
+    const ws = { root, upper: join(root, 'upper'), work: join(root, 'work'), rootfs }
     for (const d of [ws.upper, ws.work, ws.rootfs]) await mkdir(d, { recursive: true })
     return ws
   }
 
   /** Removes the build workspace of `name` (unmounting anything left mounted in it). Idempotent. */
   async removeBuild(name: string): Promise<void> {
-    await removeTree(join(this.rootsDir, 'build', encodeLayerName(name)))
+    await removeTree(this.#path('build', encodeLayerName(name)))
+  }
+
+  /** `<roots>/<name>`, where a layer's views go; undefined for names that cannot have one there
+   *  (they would reach outside the roots dir or into the store). */
+  #viewDir(name: string): string | undefined {
+    const parts = name.split('/')
+    if (parts.some((p) => p === '' || p === '.' || p === '..') || parts[0]?.startsWith('.')) return undefined
+    if (/^sha256_[0-9a-f]{64}$/.test(parts[0] ?? '')) return undefined
+    return join(this.rootsDir, ...parts)
+  }
+
+  /**
+   * Points the views of layer `name` at its current state: `<name>/overlay` at its own content (the
+   * diff its build produced; an empty dir when it produced none) and an empty `<name>/rootfs`.
+   * Names that cannot have views (see #viewDir) are skipped. Replaces what was there atomically.
+   */
+  async setLayerView(name: string, ownContent: string | undefined): Promise<void> {
+    const dir = this.#viewDir(name)
+    if (dir === undefined) return
+    if (!(await isDir(join(dir, 'rootfs')))) await mkdir(join(dir, 'rootfs'), { recursive: true })
+    if (ownContent === undefined) {
+      const overlay = join(dir, 'overlay')
+      const st = await lstat(overlay).catch(() => undefined)
+      if (st?.isDirectory()) return
+      if (st) await rm(overlay, { force: true })
+      await mkdir(overlay)
+      return
+    }
+    await this.#pointAt(join(dir, 'overlay'), this.contentPath(ownContent))
+  }
+
+  /** `sha256_<hex>/overlay` -> the content a layer blob with that digest holds, as upstream keeps
+   *  its unpacked and generated layers. */
+  async setBlobView(digest: string, id: string): Promise<void> {
+    const m = /^sha256:([0-9a-f]{64})$/.exec(digest)
+    if (!m) return
+    const link = join(this.rootsDir, `sha256_${m[1]}`, 'overlay')
+    await mkdir(dirname(link), { recursive: true })
+    await this.#pointAt(link, this.contentPath(id))
+  }
+
+  /** Makes `link` a relative symlink to `target`, replacing whatever is there (atomically for a
+   *  symlink; a real dir left by an older state is removed first). */
+  async #pointAt(link: string, target: string): Promise<void> {
+    const rel = relative(dirname(link), target)
+    if ((await readlinkOrUndefined(link)) === rel) return
+    const st = await lstat(link).catch(() => undefined)
+    if (st?.isDirectory()) await removeTree(link)
+    const tmp = `${link}.${randomBytes(4).toString('hex')}.tmp`
+    await symlink(rel, tmp)
+    try {
+      await rename(tmp, link)
+    } catch (e) {
+      await rm(tmp, { force: true })
+      throw e
+    }
   }
 
   /**
@@ -351,7 +444,7 @@ export class OverlayStore {
    */
   async gcContent(keep: ReadonlySet<string>): Promise<string[]> {
     const removed: string[] = []
-    const dir = join(this.rootsDir, 'content')
+    const dir = this.#path('content')
     for (const id of (await readdir(dir)).sort()) {
       if (keep.has(id) || this.#fills.has(id) || this.#inUse.has(id)) continue
       const grave = join(this.#tmp, `gc-${randomBytes(6).toString('hex')}`)
@@ -394,6 +487,10 @@ async function readStoredName(file: string): Promise<string | undefined> {
   } catch {
     return undefined
   }
+}
+
+async function readlinkOrUndefined(path: string): Promise<string | undefined> {
+  return readlink(path).catch(() => undefined)
 }
 
 async function isDir(path: string): Promise<boolean> {

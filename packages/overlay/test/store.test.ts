@@ -4,7 +4,7 @@ import { getAttribute, setAttribute } from '@napi-rs/xattr'
 import { memoryLogger } from '@stacker/core'
 import { OVERLAY_OPAQUE_XATTR } from '@stacker/layers'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { OverlayStore, listMounts } from '../src/index.js'
+import { OverlayStore, STORE_DIR, listMounts } from '../src/index.js'
 import { cleanDir, isRoot, mknodWhiteout, tempDir } from './helpers.js'
 
 const OPAQUE = OVERLAY_OPAQUE_XATTR
@@ -37,13 +37,14 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
   afterEach(async () => cleanDir(dir))
 
   it('creates the layout and clears staging left by a killed process', async () => {
-    await writeFiles(join(dir, 'roots', 'tmp', 'c-dead'), { 'half.txt': 'x' })
-    await mkdir(join(dir, 'roots', 'build', 'app', 'upper'), { recursive: true })
+    await writeFiles(join(dir, 'roots', STORE_DIR, 'tmp', 'c-dead'), { 'half.txt': 'x' })
+    await mkdir(join(dir, 'roots', STORE_DIR, 'build', 'app', 'upper'), { recursive: true })
     const reopened = await OverlayStore.open(join(dir, 'roots'))
     expect(reopened.rootsDir).toBe(join(dir, 'roots'))
-    expect((await readdir(join(dir, 'roots'))).sort()).toEqual(['build', 'content', 'layers', 'tmp'])
-    expect(await readdir(join(dir, 'roots', 'tmp'))).toEqual([])
-    expect(await readdir(join(dir, 'roots', 'build'))).toEqual([])
+    expect(await readdir(join(dir, 'roots'))).toEqual([STORE_DIR])
+    expect((await readdir(join(dir, 'roots', STORE_DIR))).sort()).toEqual(['build', 'content', 'layers', 'tmp'])
+    expect(await readdir(join(dir, 'roots', STORE_DIR, 'tmp'))).toEqual([])
+    expect(await readdir(join(dir, 'roots', STORE_DIR, 'build'))).toEqual([])
   })
 
   it('fills a content dir once, even for concurrent callers', async () => {
@@ -72,14 +73,14 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
       }),
     ).rejects.toThrow('disk on fire')
     expect(await store.hasContent('layer_x')).toBe(false)
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
     await store.ensureContent('layer_x', (d) => writeFiles(d, { whole: 'w' }))
     expect(await readdir(store.contentPath('layer_x'))).toEqual(['whole'])
   })
 
   it('adopts a dir, and drops a second dir for the same id', async () => {
-    const up1 = join(store.rootsDir, 'build', 'u1')
-    const up2 = join(store.rootsDir, 'build', 'u2')
+    const up1 = join(store.rootsDir, STORE_DIR, 'build', 'u1')
+    const up2 = join(store.rootsDir, STORE_DIR, 'build', 'u2')
     await writeFiles(up1, { 'one.txt': '1' })
     await writeFiles(up2, { 'two.txt': '2' })
     const p = await store.adoptContent('layer_abc', up1)
@@ -94,7 +95,7 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
     for (const bad of ['', '../x', 'a/b', '.hidden', 'a..b', 'x'.repeat(129), 'sp ace']) {
       expect(() => store.contentPath(bad), bad).toThrow('invalid content id')
     }
-    expect(store.contentPath('sha256_0123abc')).toBe(join(store.rootsDir, 'content', 'sha256_0123abc'))
+    expect(store.contentPath('sha256_0123abc')).toBe(join(store.rootsDir, STORE_DIR, 'content', 'sha256_0123abc'))
   })
 
   it('keeps layer records by name, whatever the name', async () => {
@@ -109,7 +110,7 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
       meta: { i: 1, env: ['B=1', 'A=2'] },
     })
     expect(await store.readLayer('x'.repeat(300))).toMatchObject({ chain: ['sha256_aa', 'layer_4'] })
-    expect(await readdir(join(store.rootsDir, 'layers'))).not.toContain('...json')
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'layers'))).not.toContain('...json')
     await store.writeLayer('app', { version: 1, chain: [] })
     expect(await store.readLayer('app')).toEqual({ version: 1, chain: [] })
     await store.removeLayer('app')
@@ -121,7 +122,7 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
   it('ignores an unreadable record with a warning', async () => {
     const logger = memoryLogger()
     const s = await OverlayStore.open(store.rootsDir, { logger })
-    await writeFile(join(s.rootsDir, 'layers', 'broken.json'), '{"version": 1, "chain": ["../x"]}')
+    await writeFile(join(s.rootsDir, STORE_DIR, 'layers', 'broken.json'), '{"version": 1, "chain": ["../x"]}')
     expect(await s.readLayer('broken')).toBeUndefined()
     expect(logger.lines('warn').join('\n')).toContain('ignoring unreadable layer record')
   })
@@ -133,12 +134,12 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
     const m = await store.mount({ lower: ['busy_1'], target: join(dir, 'mnt') })
     try {
       expect(await store.gcContent(new Set(['keep_1']))).toEqual(['drop_1', 'drop_2'])
-      expect((await readdir(join(store.rootsDir, 'content'))).sort()).toEqual(['busy_1', 'keep_1'])
+      expect((await readdir(join(store.rootsDir, STORE_DIR, 'content'))).sort()).toEqual(['busy_1', 'keep_1'])
     } finally {
       await m.release()
     }
     expect(await store.gcContent(new Set(['keep_1']))).toEqual(['busy_1'])
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
   })
 })
 
@@ -190,7 +191,7 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     expect(await readFile(join(store.contentPath('l0'), 'c.txt'), 'utf8')).toBe('c0')
     expect(await readdir(store.contentPath('l2'))).toEqual(['a.txt'])
     expect((await getAttribute(join(store.contentPath('l1'), 'd'), OPAQUE))?.toString()).toBe('y')
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
   })
 
   it('mounts read-only views of one layer, and writable views of none', async () => {
@@ -233,7 +234,7 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
       code: 'MOUNT',
       message: expect.stringContaining('is missing'),
     })
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
   })
 
   it('mounts a chain of 200 layers', async () => {
@@ -274,7 +275,7 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     expect(await readdir(join(store.contentPath('l0'), 'e'))).toEqual(['kept.txt'])
     expect(await exists(snap.upper)).toBe(false)
     expect(await exists(snap.target)).toBe(false)
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
   })
 
   it('builds layer on layer: an adopted upper dir serves as a lower of the next build', async () => {
@@ -334,7 +335,7 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     await m.release()
     await orphan.release()
     await store.removeBuild('app')
-    expect(await readdir(join(store.rootsDir, 'build'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'build'))).toEqual([])
   })
 
   it('unmounts what a killed process left mounted when the store is opened again', async () => {
@@ -345,7 +346,7 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     expect(await listMounts(dir)).toHaveLength(2)
     await OverlayStore.open(store.rootsDir)
     expect(await listMounts(dir)).toEqual([])
-    expect(await readdir(join(store.rootsDir, 'tmp'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
     expect(await readFile(join(store.contentPath('l0'), 'c.txt'), 'utf8')).toBe('c0')
   })
 })

@@ -20,6 +20,8 @@ export interface FsImageOptions {
    *  erofs: 1-12 selects lz4hc at that level; 0 writes uncompressed (upstream's erofs);
    *  default lz4. */
   compressionLevel?: number
+  /** Build an image of an empty root when `dir` is empty, instead of nothing. */
+  allowEmpty?: boolean
   logger?: Logger
 }
 
@@ -55,7 +57,7 @@ export async function writeFsImage(
   opts: FsImageOptions,
 ): Promise<FsImageResult | undefined> {
   const logger = opts.logger ?? silentLogger
-  if ((await readdir(dir)).length === 0) return undefined
+  if (!opts.allowEmpty && (await readdir(dir)).length === 0) return undefined
   if (opts.sourceDateEpoch !== undefined) checkEpoch(opts.sourceDateEpoch)
   const stripped = await stripOverlayXattrs(dir)
   if (stripped > 0) logger.debug('removed overlay bookkeeping xattrs', { dir, count: stripped })

@@ -43,6 +43,8 @@ export interface TarLayerOptions extends TarStreamOptions {
   threads?: number
   /** Called with the running count of uncompressed tar bytes produced. */
   onProgress?: (bytes: number) => void
+  /** Write a layer (an archive of no entries) even when `dir` holds nothing to archive. */
+  allowEmpty?: boolean
 }
 
 export interface TarLayerResult {
@@ -407,7 +409,7 @@ function checkLevel(c: Compression, level: number | undefined): number {
 /**
  * Writes `dir` (an overlay content directory) as one OCI tar layer into `sink`, in one streaming
  * pass: walk -> tar -> sha256 (diff_id) -> compress -> sink. Returns undefined, after aborting the
- * sink, when the directory holds nothing to archive. On any error the sink is aborted and the
+ * sink, when the directory holds nothing to archive (unless `allowEmpty`). On any error the sink is aborted and the
  * error rethrown. Same tree and options give the same bytes.
  */
 export async function writeTarLayer(
@@ -424,7 +426,7 @@ export async function writeTarLayer(
     } catch (e) {
       throw ioError(dir, e)
     }
-    if (empty) {
+    if (empty && !opts.allowEmpty) {
       settled = true
       await sink.abort()
       return undefined
@@ -449,7 +451,7 @@ export async function writeTarLayer(
       out = throughProgram('zstd', args, hashed(), 'LAYER')
     } else out = hashed()
     for await (const chunk of out) await sink.write(chunk)
-    if (tar.entryCount() === 0) {
+    if (tar.entryCount() === 0 && !opts.allowEmpty) {
       settled = true
       await sink.abort()
       return undefined
