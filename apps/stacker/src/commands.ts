@@ -6,6 +6,7 @@ import type * as Builder from '@stacker/builder'
 import type { Session } from '@stacker/builder'
 import type { Renderer } from './log.js'
 import type { GlobalFlags } from './main.js'
+import { registerInternalGo } from './internal-go.js'
 import type * as Settings from './settings.js'
 
 export interface CommandContext {
@@ -262,9 +263,5 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
       )
     })
 
-  const internal = program.command('internal-go', { hidden: true }).description('internal helpers')
-  internal.command('testsuite-check-overlay').action(async () => {
-    const code = await B.internalCheckOverlay(session(ctx()))
-    process.exitCode = code
-  })
+  registerInternalGo(program, ctx, session)
 }

@@ -16,3 +16,5 @@ export {
 export type { BuildOptions } from './context.js'
 export { containerConfig, DEFAULT_PATH_ENV } from './image.js'
 export { destPlacement } from './imports.js'
+export { internalCopy, internalCp, internalChmod, internalChown, NO_APPARMOR_EXIT } from './internal-go.js'
+export { atomfsMount, atomfsUmount } from './atomfs.js'

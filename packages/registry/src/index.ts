@@ -24,3 +24,10 @@ export {
   sourceAnnotation,
   type AnnotatedLayoutLike,
 } from './mount-sources.js'
+export {
+  copyImage,
+  parseTransportRef,
+  isLoopbackRegistry,
+  type CopyImageOptions,
+  type TransportRef,
+} from './copy.js'
