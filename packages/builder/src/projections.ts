@@ -1,7 +1,7 @@
 import { mkdir, readFile, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { atomicWriteFile, type Digest } from '@stacker/core'
-import { GZIP_WRITER_ID, writeFsImage, writeTarLayer } from '@stacker/layers'
+import { EROFS_WRITER_ID, GZIP_WRITER_ID, writeFsImage, writeTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import { CACHE_VERSION } from './cache.js'
 import { openChain, type BuildContext } from './context.js'
@@ -40,7 +40,8 @@ export function projectContent(
   opts: ProjectOptions = {},
 ): Promise<Projection | undefined> {
   const sde = ctx.s.sourceDateEpoch ?? 'none'
-  const writer = out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : ''
+  const writer =
+    out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : out.type === 'erofs' ? `.${EROFS_WRITER_ID}` : ''
   const empty = opts.allowEmpty ? '.e' : ''
   const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}${empty}.${sde}.v${CACHE_VERSION}${writer}`
   const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)

@@ -6,6 +6,7 @@ export {
   squashfsCompression,
   DEFAULT_SQUASHFS_ZSTD_LEVEL,
   EROFS_UUID,
+  EROFS_WRITER_ID,
 } from './write.js'
 export { appendVerity, verifyVerity } from './verity.js'
 export { fsImageDataSize, detectFsImageKind } from './superblock.js'

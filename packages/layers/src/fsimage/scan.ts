@@ -1,4 +1,4 @@
-import { readdirSync } from 'node:fs'
+import { type Dirent, readdirSync } from 'node:fs'
 import { setImmediate } from 'node:timers/promises'
 import { join } from 'node:path'
 import { listAttributesSync, removeAttributeSync } from '@napi-rs/xattr'
@@ -73,4 +73,38 @@ export function supportsXattrs(path: string): boolean {
     if (/os error 95|not supported/i.test((e as Error).message)) return false
     throw e
   }
+}
+
+/** The first entry below `dir` whose name is longer than `maxBytes`, as a path relative to `dir`
+ *  with its name's length in bytes; undefined when there is none. Names are compared as the bytes
+ *  on disk, whatever their encoding. Yields to the event loop every few thousand entries. */
+export async function findLongName(
+  dir: string,
+  maxBytes: number,
+): Promise<{ path: string; bytes: number } | undefined> {
+  let sinceYield = 0
+  const root = Buffer.from(dir.length > 1 ? dir.replace(/\/+$/, '') : dir)
+  const dirs: Buffer[] = [root]
+  const slash = Buffer.from('/')
+  while (dirs.length > 0) {
+    const parent = dirs.pop()!
+    const entries = readdirSync(parent, { withFileTypes: true, encoding: 'buffer' }) as unknown as Dirent<Buffer>[]
+    for (const e of entries) {
+      if (e.name.length > maxBytes) {
+        return {
+          path: Buffer.concat([parent, slash, e.name])
+            .subarray(root.length + 1)
+            .toString(),
+          bytes: e.name.length,
+        }
+      }
+      if (e.isDirectory()) dirs.push(Buffer.concat([parent, slash, e.name]))
+    }
+    sinceYield += entries.length
+    if (sinceYield >= YIELD_EVERY) {
+      sinceYield = 0
+      await setImmediate()
+    }
+  }
+  return undefined
 }

@@ -1,3 +1,4 @@
+import { closeSync, openSync, readSync, writeSync } from 'node:fs'
 import { open } from 'node:fs/promises'
 import { StackerError } from '@stacker/core'
 import type { FsImageKind } from './media-types.js'
@@ -5,8 +6,8 @@ import type { FsImageKind } from './media-types.js'
 export const VERITY_BLOCK = 4096
 
 const SQUASHFS_MAGIC = 0x73717368 // "hsqs"
-const EROFS_SUPER_OFFSET = 1024
-const EROFS_MAGIC = 0xe0f5e1e2
+export const EROFS_SUPER_OFFSET = 1024
+export const EROFS_MAGIC = 0xe0f5e1e2
 const EROFS_FEATURE_COMPAT_SB_CHKSUM = 0x1
 
 export function roundUp(n: number, to: number): number {
@@ -52,32 +53,41 @@ export async function fsImageDataSize(file: string, kind: FsImageKind): Promise<
   return roundUp(sb.readUInt32LE(36) * 2 ** blkszbits, VERITY_BLOCK)
 }
 
-/** Zeroes the build time in an erofs superblock and fixes its checksum. mkfs.erofs 1.5 can only
- *  fix the build time by also forcing every file's mtime to it (-T); this keeps per-file mtimes
- *  and still makes the image reproducible. Inodes whose mtime equals the build time are stored
- *  compact and inherit it, so this is only exact when no file has the mtime mkfs ran at, to the
- *  microsecond (files are not changed while an image is built). */
-export async function zeroErofsBuildTime(file: string): Promise<void> {
-  const fh = await open(file, 'r+')
+/** Zeroes the build time in an erofs superblock and fixes its checksum: an image made without
+ *  SOURCE_DATE_EPOCH keeps per-file mtimes and is still reproducible (mkfs.erofs stamps the time it
+ *  ran at, with microseconds). Inodes whose mtime equals that time are stored compact and inherit
+ *  it, so this is only exact when no file has the mtime mkfs ran at, to the microsecond (files are
+ *  not changed while an image is built). */
+export function zeroErofsBuildTime(file: string): void {
+  const fd = openSync(file, 'r+')
   try {
-    const head = Buffer.alloc(EROFS_SUPER_OFFSET + 128)
-    await fh.read(head, 0, head.length, 0)
-    const sb = head.subarray(EROFS_SUPER_OFFSET)
-    if (sb.readUInt32LE(0) !== EROFS_MAGIC) throw new StackerError('LAYER', `${file} is not an erofs image`)
-    const blksz = 2 ** sb.readUInt8(12)
-    const block = Buffer.alloc(blksz)
-    await fh.read(block, 0, blksz, 0)
-    const dsb = block.subarray(EROFS_SUPER_OFFSET)
-    dsb.writeBigUInt64LE(0n, 24)
-    dsb.writeUInt32LE(0, 32)
-    if (dsb.readUInt32LE(8) & EROFS_FEATURE_COMPAT_SB_CHKSUM) {
-      dsb.writeUInt32LE(0, 4)
-      dsb.writeUInt32LE(crc32c(0xffffffff, dsb), 4)
-    }
-    await fh.write(dsb, 0, dsb.length, EROFS_SUPER_OFFSET)
+    sealErofsSuperblock(fd, file, (sb) => {
+      sb.writeBigUInt64LE(0n, 24)
+      sb.writeUInt32LE(0, 32)
+    })
   } finally {
-    await fh.close()
+    closeSync(fd)
   }
+}
+
+/** Lets `edit` change the erofs superblock of the image open as `fd`, then recomputes the checksum,
+ *  which covers the rest of the first block (inodes may live there, so call this after editing
+ *  them). `edit` gets the superblock's bytes from its start to the end of the block. */
+export function sealErofsSuperblock(fd: number, file: string, edit: (sb: Buffer) => void): void {
+  const head = Buffer.alloc(EROFS_SUPER_OFFSET + 128)
+  readSync(fd, head, 0, head.length, 0)
+  const sb = head.subarray(EROFS_SUPER_OFFSET)
+  if (sb.readUInt32LE(0) !== EROFS_MAGIC) throw new StackerError('LAYER', `${file} is not an erofs image`)
+  const blksz = 2 ** sb.readUInt8(12)
+  const block = Buffer.alloc(blksz)
+  if (readSync(fd, block, 0, blksz, 0) !== blksz) throw new StackerError('LAYER', `${file}: truncated erofs image`)
+  const dsb = block.subarray(EROFS_SUPER_OFFSET)
+  edit(dsb)
+  if (dsb.readUInt32LE(8) & EROFS_FEATURE_COMPAT_SB_CHKSUM) {
+    dsb.writeUInt32LE(0, 4)
+    dsb.writeUInt32LE(crc32c(0xffffffff, dsb), 4)
+  }
+  writeSync(fd, dsb, 0, dsb.length, EROFS_SUPER_OFFSET)
 }
 
 let table: Uint32Array | undefined

@@ -5,7 +5,8 @@ import { type Logger, onCleanup, StackerError, silentLogger } from '@stacker/cor
 import { Annotations } from '@stacker/oci'
 import { run, stringEnv } from './exec.js'
 import { type FsImageKind, fsImageMediaType } from './media-types.js'
-import { stripOverlayXattrs, supportsXattrs } from './scan.js'
+import { clampErofsTimes } from './erofs-times.js'
+import { findLongName, stripOverlayXattrs, supportsXattrs } from './scan.js'
 import { zeroErofsBuildTime } from './superblock.js'
 import { appendVerity } from './verity.js'
 
@@ -13,8 +14,9 @@ export interface FsImageOptions {
   kind: FsImageKind
   /** Append a dm-verity hash tree and report its root hash (upstream's default). */
   verity: boolean
-  /** Clamps timestamps (squashfs: files newer than it get it; erofs: every file gets it, the only
-   *  mode mkfs.erofs 1.5 has) and sets the filesystem's creation time. */
+  /** Clamps mtimes as the tar writer does (later ones become it, all are whole seconds; the root
+   *  directory too) and sets the filesystem's creation time. Without it, erofs keeps every mtime to
+   *  the nanosecond and squashfs to the second. */
   sourceDateEpoch?: number
   /** squashfs zstd: 1-22, default 3. squashfs gzip: 1-9, default mksquashfs's 9.
    *  erofs: 1-12 selects lz4hc at that level; 0 writes uncompressed (upstream's erofs);
@@ -44,6 +46,11 @@ export const DEFAULT_SQUASHFS_ZSTD_LEVEL = 3
 /** A fixed erofs UUID. Images must not depend on when or where they were built; layers are told
  *  apart by digest, never by filesystem UUID. */
 export const EROFS_UUID = '5eb0c0fe-57ac-4e4f-8000-000000000000'
+
+/** Names what decides an erofs image's bytes besides mkfs.erofs and the options (how times are
+ *  clamped and truncated): a projection record of a blob another writer made must not stand for
+ *  one this writer makes. Changes whenever the same tree would give other bytes. */
+export const EROFS_WRITER_ID = 'erofs2'
 
 /** Builds an image of `dir` into a new file inside `outDir` (on the blob store's filesystem so the
  *  caller can rename it in). Returns undefined, creating nothing, if `dir` is empty.
@@ -103,6 +110,11 @@ async function buildSquashfs(dir: string, file: string, opts: FsImageOptions): P
   return fsImageMediaType('squashfs', comp)
 }
 
+/** mkfs.erofs 1.5 keeps a name in a 255-byte buffer with its terminating NUL: it cuts a 255-byte
+ *  name to 254 bytes and then fails to find the file, or, when a file has that shorter name too,
+ *  stores that file twice and loses the other one. */
+const EROFS_MAX_NAME = 254
+
 async function buildErofs(dir: string, file: string, opts: FsImageOptions): Promise<string> {
   const level = opts.compressionLevel
   const args = ['--quiet', `-U${EROFS_UUID}`]
@@ -113,12 +125,27 @@ async function buildErofs(dir: string, file: string, opts: FsImageOptions): Prom
     checkLevel('erofs lz4hc', level, 1, 12)
     args.push(`-zlz4hc,${level}`)
   }
+  const long = await findLongName(dir, EROFS_MAX_NAME)
+  if (long) {
+    throw new StackerError(
+      'LAYER',
+      `erofs cannot hold the ${long.bytes}-byte file name of ${long.path} (this mkfs.erofs stores at most ${EROFS_MAX_NAME} bytes); use another --layer-type, such as squashfs or tar`,
+    )
+  }
   const env = stringEnv(process.env)
   delete env['SOURCE_DATE_EPOCH']
-  if (opts.sourceDateEpoch !== undefined) args.push(`-T${opts.sourceDateEpoch}`)
+  // With SOURCE_DATE_EPOCH in its environment, mkfs.erofs 1.5 makes it the build time, clamps later
+  // mtimes to it and writes every inode extended (with a time of its own); -T would instead give
+  // every file that time. Extended inodes are also asked for explicitly: the image's layout must
+  // not depend on whether a file's time happened to equal the build time before clamping.
+  if (opts.sourceDateEpoch !== undefined) {
+    env['SOURCE_DATE_EPOCH'] = String(opts.sourceDateEpoch)
+    args.push('-Eforce-inode-extended')
+  }
   args.push(file, dir)
   await run('mkfs.erofs', args, { code: 'LAYER', env })
-  if (opts.sourceDateEpoch === undefined) await zeroErofsBuildTime(file)
+  if (opts.sourceDateEpoch === undefined) zeroErofsBuildTime(file)
+  else await clampErofsTimes(file, opts.sourceDateEpoch)
   return fsImageMediaType('erofs', 'lz4hc')
 }
 
