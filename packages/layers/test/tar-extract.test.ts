@@ -214,15 +214,21 @@ describe.runIf(isRoot)('extractTarLayer', () => {
       await expectExtractError(corrupt, /hostile/)
     })
 
-    it('rejects sparse and unknown entry types', async () => {
-      const tar = await makeTar([{ name: 'f', body: 'x' }])
-      tar[156] = 'S'.charCodeAt(0)
-      // fix the checksum so only the type is wrong
-      tar.fill(0x20, 148, 156)
-      let sum = 0
-      for (let i = 0; i < 512; i++) sum += tar[i]!
-      tar.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii')
-      await expectExtractError(tar, /unsupported tar entry type "S" for "f"/)
+    it('rejects unknown entry types, and sparse ones in a header that is not GNU', async () => {
+      for (const [type, match] of [
+        ['M', /unsupported tar entry type "M" for "f"/],
+        // sparse files are read (tar-sparse.test.ts), but only GNU headers have that layout
+        ['S', /sparse file "f": sparse entry \(type S\) without a GNU header/],
+      ] as const) {
+        const tar = await makeTar([{ name: 'f', body: 'x' }])
+        tar[156] = type.charCodeAt(0)
+        // fix the checksum so only the type is wrong
+        tar.fill(0x20, 148, 156)
+        let sum = 0
+        for (let i = 0; i < 512; i++) sum += tar[i]!
+        tar.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'ascii')
+        await expectExtractError(tar, match)
+      }
     })
   })
 

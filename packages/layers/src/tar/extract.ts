@@ -4,6 +4,7 @@ import {
   constants as fsConstants,
   fchmodSync,
   fchownSync,
+  ftruncateSync,
   futimesSync,
   lchownSync,
   linkSync,
@@ -75,14 +76,19 @@ const FILE_FLAGS = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EX
 
 const writeAsync = promisify(write)
 
-function writeAllSync(fd: number, chunk: Buffer): void {
+function writeAllSync(fd: number, chunk: Buffer, position: number | null = null): void {
   let off = 0
-  while (off < chunk.length) off += writeSync(fd, chunk, off, chunk.length - off)
+  while (off < chunk.length) {
+    off += writeSync(fd, chunk, off, chunk.length - off, position === null ? null : position + off)
+  }
 }
 
-async function writeAll(fd: number, chunk: Buffer): Promise<void> {
+async function writeAll(fd: number, chunk: Buffer, position: number | null = null): Promise<void> {
   let off = 0
-  while (off < chunk.length) off += (await writeAsync(fd, chunk, off, chunk.length - off)).bytesWritten
+  while (off < chunk.length) {
+    const at = position === null ? null : position + off
+    off += (await writeAsync(fd, chunk, off, chunk.length - off, at)).bytesWritten
+  }
 }
 
 function lstatOrNull(path: string): Stats | null {
@@ -217,6 +223,22 @@ class Extractor {
     }
 
     if (existing) this.#remove(path, existing)
+    if (e.type === 'file' && e.sparse) {
+      // Holes stay holes: each region is written where it belongs, then the size is set.
+      const fd = openSync(path, FILE_FLAGS, 0o600)
+      this.#noteCreated(rel)
+      try {
+        for await (const { offset, chunk } of e.data()) {
+          if (chunk.length <= SYNC_BODY_MAX) writeAllSync(fd, chunk, offset)
+          else await writeAll(fd, chunk, offset)
+        }
+        ftruncateSync(fd, e.size)
+        this.#metadata(path, e, 'file', fd)
+      } finally {
+        closeSync(fd)
+      }
+      return
+    }
     if (e.type === 'file') {
       // Read a small body before creating the file, so the file's calls run back to back.
       const small: Buffer[] = []

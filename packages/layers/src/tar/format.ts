@@ -263,9 +263,10 @@ export function decodeBlock(buf: Buffer): RawHeader {
   return h
 }
 
-/** Parses PAX records; values stay raw bytes (xattr values may be binary). */
-export function decodePax(data: Buffer): Map<string, Buffer> {
-  const out = new Map<string, Buffer>()
+/** Parses PAX records in archive order (a key may repeat); values stay raw bytes (xattr values may
+ *  be binary). */
+export function decodePaxRecords(data: Buffer): Array<[string, Buffer]> {
+  const out: Array<[string, Buffer]> = []
   let off = 0
   while (off < data.length) {
     if (data[off] === 0) break // some writers pad the record area with NULs
@@ -279,8 +280,13 @@ export function decodePax(data: Buffer): Map<string, Buffer> {
     if (rec[rec.length - 1] !== 0x0a) throw new Error('malformed PAX record (no newline)')
     const eq = rec.indexOf(0x3d)
     if (eq < 0) throw new Error('malformed PAX record (no "=")')
-    out.set(rec.toString('utf8', 0, eq), Buffer.from(rec.subarray(eq + 1, rec.length - 1)))
+    out.push([rec.toString('utf8', 0, eq), Buffer.from(rec.subarray(eq + 1, rec.length - 1))])
     off += len
   }
   return out
+}
+
+/** Parses PAX records into a map; a repeated key keeps its last value. */
+export function decodePax(data: Buffer): Map<string, Buffer> {
+  return new Map(decodePaxRecords(data))
 }
