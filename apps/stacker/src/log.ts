@@ -70,7 +70,8 @@ export class Renderer {
     if (e.done) this.#transfers.delete(e.id)
     const verb = progressVerb(e)
     if (!this.#opts.progress) {
-      if (e.done) this.#write(record('debug', `${verb} ${e.label} done ${humanBytes(e.current)}`))
+      // Not in containers/image's words: scripts take `Copying blob` as a sign that progress is on.
+      if (e.done) this.#write(record('debug', `${e.kind} ${e.label} done ${humanBytes(e.current)}`))
       return
     }
     if (!this.#live) {

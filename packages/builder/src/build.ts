@@ -140,6 +140,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const slots = new Semaphore(ctx.opts.jobs)
   const coupled = hostCouplings(order)
   let unfinished = order.length
+  const serial = ctx.opts.jobs <= 1 || order.length <= 1
   const results = order.map((layer, i) => {
     const p = (async () => {
       for (const dep of [...dependenciesOf(layer), ...(coupled.get(layer.name) ?? [])]) {
@@ -149,8 +150,9 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
       await slots.acquire()
       try {
         ctx.s.signal?.throwIfAborted()
-        const log = ctx.opts.jobs > 1 ? ctx.logger.child(layer.name) : ctx.logger
-        const r = await buildLayer({ ...ctx, logger: log }, layer)
+        // Lines are prefixed with their layer's name only where layers can interleave.
+        const log = serial ? ctx.logger : ctx.logger.child(layer.name)
+        const r = await buildLayer(serial ? { ...ctx, opts: { ...ctx.opts, jobs: 1 } } : { ...ctx, logger: log }, layer)
         tagged[i] = { layer, tags: r.tags }
         await flushTags()
         // The layout is collected once every layer is tagged, before the last layer's closing

@@ -1,6 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
-import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises'
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  stat,
+  symlink,
+} from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
 import { type Logger, StackerError, atomicWriteFile, onCleanup, silentLogger } from '@stacker/core'
 import { execa } from './execa.js'
@@ -89,8 +102,12 @@ export class OverlayStore {
     for (const d of ['content', 'layers', 'build', 'tmp']) await mkdir(store.#path(d), { recursive: true })
     // Build mounts of a killed process on `<name>/rootfs` views. Opened images under content/ are
     // left to whoever opens them next (they show the right content).
-    const content = `${store.#path('content')}/`
-    for (const mp of (await listMounts(store.rootsDir)).reverse()) if (!mp.startsWith(content)) await unmount(mp)
+    // The roots dir may itself be a mount (a bind-mounted CI sandbox): only what is below it goes.
+    // mountinfo has real paths, hence realpath.
+    const base = await realpath(store.rootsDir)
+    const content = join(base, STORE_DIR, 'content')
+    for (const mp of (await listMounts(base)).reverse())
+      if (mp.startsWith(`${base}/`) && !mp.startsWith(`${content}/`)) await unmount(mp)
     for (const area of ['tmp', 'build']) {
       const dir = store.#path(area)
       const stale = await readdir(dir)
