@@ -370,6 +370,29 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     }
   })
 
+  it('lists no mount hidden under a later mount, and opening a store there succeeds', async () => {
+    const a = join(dir, 'a')
+    const other = join(dir, 'other')
+    await mkdir(join(a, 'layer', 'rootfs'), { recursive: true })
+    await mkdir(other)
+    await execa('mount', ['-t', 'tmpfs', 'tmpfs', join(a, 'layer', 'rootfs')])
+    try {
+      expect(await listMounts(a)).toEqual([join(a, 'layer', 'rootfs')])
+      await execa('mount', ['--bind', other, a])
+      try {
+        // The tmpfs is still in mountinfo, but no path leads to it any more.
+        expect(await listMounts(a)).toEqual([a])
+        const s2 = await OverlayStore.open(a)
+        const ws = await s2.prepareBuild('layer')
+        expect(ws.rootfs).toBe(join(a, 'layer', 'rootfs'))
+      } finally {
+        await execa('umount', [a], { reject: false })
+      }
+    } finally {
+      await execa('umount', [join(a, 'layer', 'rootfs')], { reject: false })
+    }
+  })
+
   it('gives each layer views: its own content at <name>/overlay, an empty <name>/rootfs', async () => {
     await store.ensureContent('own1', async (d) => writeFile(join(d, 'f'), '1'))
     await store.ensureContent('own2', async (d) => writeFile(join(d, 'f'), '2'))
