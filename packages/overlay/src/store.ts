@@ -470,7 +470,17 @@ export class OverlayStore {
       removed.push(id)
     }
     if (removed.length > 0) this.#logger.debug(`removed ${removed.length} unused content dirs`)
+    await this.#pruneBlobViews()
     return removed
+  }
+
+  /** Removes `sha256_<hex>` views whose content is gone. */
+  async #pruneBlobViews(): Promise<void> {
+    for (const name of await readdir(this.rootsDir)) {
+      if (!/^sha256_[0-9a-f]{64}$/.test(name)) continue
+      if (await isDir(join(this.rootsDir, name, 'overlay'))) continue
+      await rm(join(this.rootsDir, name), { recursive: true, force: true })
+    }
   }
 }
 

@@ -143,6 +143,15 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
     expect(await store.gcContent(new Set(['keep_1']))).toEqual(['busy_1'])
     expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
   })
+
+  it('removes blob views of collected content and keeps the others', async () => {
+    for (const id of ['keep_1', 'drop_1']) await store.ensureContent(id, (d) => writeFiles(d, { [id]: id }))
+    await store.setBlobView(`sha256:${'a'.repeat(64)}`, 'keep_1')
+    await store.setBlobView(`sha256:${'b'.repeat(64)}`, 'drop_1')
+    await store.gcContent(new Set(['keep_1']))
+    const views = (await readdir(store.rootsDir)).filter((n) => n.startsWith('sha256_'))
+    expect(views).toEqual([`sha256_${'a'.repeat(64)}`])
+  })
 })
 
 describe.runIf(isRoot)('OverlayStore mounts', () => {
