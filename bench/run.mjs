@@ -45,7 +45,7 @@ if (!(REPS >= 1)) throw new Error(`invalid --reps ${flags.reps}`)
 const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,R,S').split(',').map((s) => s.trim().toUpperCase()))
 const QUICK = flags.quick
 
-// Sizes: the issue's, or a tenth of them with --quick.
+// Sizes: full, or a tenth of them with --quick.
 const SIZE = QUICK
   ? { stepBytes: 5 * MB, w3: 100 * MB, w5: 12 * MB, rss: 200 * MB }
   : { stepBytes: 50 * MB, w3: 1024 * MB, w5: 120 * MB, rss: 2048 * MB }
@@ -456,7 +456,7 @@ async function w3() {
     },
     {
       name: 'mksquashfs zstd level 15',
-      // Minutes per run at the issue's size: one run is the reference, and its spread is small next to
+      // Minutes per run at the full size: one run is the reference, and its spread is small next to
       // the ratio measured against it.
       maxReps: QUICK ? REPS : 1,
       setup: clearOut,
@@ -669,7 +669,7 @@ function extra(w, t, k) {
   return results.get(w)?.get(t)?.extra[k]
 }
 
-/** The issue's targets, each from this run's numbers. */
+/** The performance targets, each from this run's numbers. */
 function targets() {
   const rows = []
   const add = (target, measured, pass) => {
@@ -854,7 +854,7 @@ async function main() {
   const text = `# Benchmark results
 
 Written by \`npm run bench\` (\`node bench/run.mjs${args ? ` ${args}` : ''}\`) on ${started.toISOString().slice(0, 10)}: ${
-    QUICK ? "quick sizes (a tenth of the issue's)" : 'full sizes'
+    QUICK ? 'quick sizes (a tenth of the full ones)' : 'full sizes'
   }, ${REPS} repetitions, tools alternating within each repetition, ${minutes} minutes in all.${
     earlier
       ? `\nRows of ${rerun.join(', ')} are from that run; the others are kept from the run of ${earlier.started.slice(0, 16).replace('T', ' ')} UTC (\`node bench/run.mjs${earlier.args ? ` ${earlier.args}` : ''}\`, ${earlier.reps} repetitions, ${earlier.minutes} minutes), and the targets use both.`

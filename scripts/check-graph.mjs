@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Fails on an import cycle between workspace packages or an import that points up the layering of
-// design.md, and on any import of another package's internals (only its index is public).
+// docs/architecture.md, and on any import of another package's internals (only its index is public).
 import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 

@@ -1,5 +1,5 @@
-// Global dir flags and the config file, inspect, grab, chroot, clean, logging and check (reference 1.1,
-// 1.2, 2.2, 2.4; upstream's bats "args", "config", "basic", "grab", "chroot", "clean", "log", "check").
+// Global dir flags and the config file, inspect, grab, chroot, clean, logging and check (upstream's
+// bats "args", "config", "basic", "grab", "chroot", "clean", "log", "check").
 import { existsSync } from 'node:fs'
 import { readdir, readFile } from 'node:fs/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'

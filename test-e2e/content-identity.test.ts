@@ -1,4 +1,4 @@
-// A layer's stored filesystem is identified by what its build produced (design.md principle 3): every
+// A layer's stored filesystem is identified by what its build produced (docs/architecture.md): every
 // cache path is checked on the content of the result after the rebuild, not on log lines alone.
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises'

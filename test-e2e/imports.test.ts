@@ -1,4 +1,4 @@
-// imports, imports with dest (reference 2.3), stacker:// imports, hashes, http(s) imports,
+// imports, imports with dest, stacker:// imports, hashes, http(s) imports,
 // --require-hash, the legacy `import:` and binds.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'

@@ -280,7 +280,7 @@ function originOf(base: ResolvedBase): Origin {
   return { kind: 'empty' }
 }
 
-/** Everything a layer's cache key needs, worked out before anything runs (design.md principle 3). */
+/** Everything a layer's cache key needs, worked out before anything runs (docs/architecture.md, "The cache"). */
 export async function planLayer(ctx: BuildContext, layer: Layer) {
   const imports = await resolveImports(ctx, layer)
   const base = await resolveBase(ctx, layer)

@@ -162,7 +162,7 @@ function authorName(ctx: BuildContext): string {
   return `${user}@${hostname()}`
 }
 
-/** Section 3.6 with design.md's cmd/entrypoint rule: inherited unless set; setting `entrypoint` clears
+/** Upstream's config rules, with Docker's cmd/entrypoint rule (docs/compatibility.md): inherited unless set; setting `entrypoint` clears
  *  an inherited `cmd`; `full_command` sets `entrypoint` and clears `cmd`. */
 export function containerConfig(
   inherited: ContainerConfig | undefined,

@@ -150,7 +150,7 @@ async function verifyDownloaded(spec: ImportSpec, file: string): Promise<string>
 }
 
 /** Where an import with `dest` lands: the directory it is copied into, and the name inside it
- *  (undefined: the source's contents go straight into the directory). Reference 2.3's table. */
+ *  (undefined: the source's contents go straight into the directory). The table is in imports.test.ts. */
 export function destPlacement(path: string, dest: string): { dir: string; name: string | undefined } {
   const srcSlash = path.endsWith('/')
   const destSlash = dest.endsWith('/')

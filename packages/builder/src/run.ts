@@ -8,7 +8,7 @@ import { exists } from './util.js'
 
 export const RUN_SCRIPT = '.stacker-run.sh'
 
-/** The environment of a layer's build container (reference 2.3). */
+/** The environment of a layer's build container (upstream's passthrough list, `build_env`, `STACKER_LAYER_NAME`). */
 export function layerEnv(ctx: BuildContext, layer: Layer): string[] {
   return buildEnvironment({
     hostEnv: process.env,

@@ -10,7 +10,7 @@ export interface OpenStorage {
   runtimeDir: string
 }
 
-/** Reference 1.3: storage initialisation, the overlay check and the locks, done by every command that
+/** Storage initialisation as upstream does it, the overlay check and the locks, done by every command that
  *  uses the roots dir. The caller releases the lock. */
 export async function openStorage(s: Session): Promise<OpenStorage> {
   const { stackerDir, rootsDir, rootsDirArg } = s.dirs

@@ -37,7 +37,7 @@ export const LAYER_DIRECTIVES: readonly string[] = [
 const DIRECTIVES = new Set(LAYER_DIRECTIVES)
 const IMAGE_SOURCE_FIELDS = new Set(['type', 'url', 'tag', 'insecure'])
 
-/** Non-build-only layers become OCI refs (section 2.2 of the reference). */
+/** Non-build-only layers become OCI refs, so their names must be valid ref names, as upstream requires. */
 export const OCI_REF_RE = /^([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*)(\/([A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*))*$/
 
 export interface ParseOptions {
