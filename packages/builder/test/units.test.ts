@@ -49,7 +49,7 @@ describe('parseLayerTypes', () => {
   })
 })
 
-describe('destPlacement (upstream's dest table)', () => {
+describe('destPlacement (the dest table of upstream stacker)', () => {
   it.each([
     ['/src/dir', '/d', '/', 'd'],
     ['/src/dir/', '/d', '/d', undefined],
