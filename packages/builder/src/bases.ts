@@ -5,11 +5,11 @@ import { StackerError } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import { fsImageContentId, openChainContents, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
-import type { Layer } from '@stacker/stackerfile'
+import { parseSource, type Layer } from '@stacker/stackerfile'
 import { builtIdentity, type BuildContext, type BuiltLayer } from './context.js'
 import { hashFile } from './hashing.js'
 import { copyImport, type ResolvedImport } from './imports.js'
-import { exists, schemeOf } from './util.js'
+import { exists } from './util.js'
 
 /** An image from a registry or an OCI layout that a chain of layers starts from. */
 export interface BaseImage {
@@ -150,13 +150,15 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
  *  http(s) URL, or `stacker://<layer>/<path>`. */
 async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   const url = layer.from?.url ?? ''
-  const scheme = schemeOf(url)
-  if (scheme === undefined) {
+  const src = layer.from?.source ?? parseSource(url)
+  if (src.kind === 'local') {
     const p = resolve(url)
     if (!(await exists(p)))
       throw new StackerError('NOT_FOUND', `couldn't find tar base ${url}`, { pos: layer.from?.pos })
     return p
   }
+  if (src.kind === 'unsupported')
+    throw new StackerError('STACKERFILE', `unsupported url scheme ${src.scheme}`, { pos: layer.from?.pos })
   const dir = join(
     ctx.s.dirs.stackerDir,
     'layer-bases',
@@ -165,24 +167,19 @@ async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   )
   const file = join(dir, basename(url) || 'base.tar')
   await mkdir(dir, { recursive: true })
-  if (scheme === 'stacker') {
-    const rest = url.slice('stacker://'.length)
-    const slash = rest.indexOf('/')
+  if (src.kind === 'stacker') {
     const imp: ResolvedImport = {
-      spec: { path: url, pos: layer.from?.pos ?? layer.pos },
+      spec: { path: url, source: src, pos: layer.from?.pos ?? layer.pos },
       part: { path: url, kind: 'stacker', digest: '' },
-      stacker: { layer: rest.slice(0, slash), path: rest.slice(slash) },
+      stacker: { layer: src.layer, path: src.path },
     }
     await rm(file, { force: true })
     await copyImport(ctx, imp, file, false)
     return file
   }
-  if (scheme === 'http' || scheme === 'https') {
-    const { resolveImports } = await import('./imports.js')
-    const fake: Layer = { ...layer, imports: [{ path: url, pos: layer.from?.pos ?? layer.pos }] }
-    const [r] = await resolveImports(ctx, fake)
-    if (!r?.local) throw new StackerError('IMPORT', `couldn't download ${url}`)
-    return r.local
-  }
-  throw new StackerError('STACKERFILE', `unsupported url scheme ${scheme}`, { pos: layer.from?.pos })
+  const { resolveImports } = await import('./imports.js')
+  const fake: Layer = { ...layer, imports: [{ path: url, source: src, pos: layer.from?.pos ?? layer.pos }] }
+  const [r] = await resolveImports(ctx, fake)
+  if (!r?.local) throw new StackerError('IMPORT', `couldn't download ${url}`)
+  return r.local
 }

@@ -7,6 +7,7 @@ import { OciLayout, type Descriptor } from '@stacker/oci'
 import {
   buildSubstitutions,
   layerBuildOrder,
+  layerDependencies,
   layerDefinition,
   loadStackerfiles,
   orderLines,
@@ -143,7 +144,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const serial = ctx.opts.jobs <= 1 || order.length <= 1
   const results = order.map((layer, i) => {
     const p = (async () => {
-      for (const dep of [...dependenciesOf(layer), ...(coupled.get(layer.name) ?? [])]) {
+      for (const dep of [...layerDependencies(layer), ...(coupled.get(layer.name) ?? [])]) {
         const d = done.get(dep)
         if (d) await d
       }
@@ -191,20 +192,6 @@ class Semaphore {
     if (w) w()
     else this.#free++
   }
-}
-
-/** Names of the layers `layer` needs built first: its `built` parent, stacker:// imports and tar base. */
-export function dependenciesOf(layer: Layer): string[] {
-  const out: string[] = []
-  const fromStacker = (url: string) => {
-    const rest = url.slice('stacker://'.length)
-    const i = rest.indexOf('/')
-    out.push(i < 0 ? rest : rest.slice(0, i))
-  }
-  if (layer.from?.type === 'built' && layer.from.tag) out.push(layer.from.tag)
-  if (layer.from?.type === 'tar' && layer.from.url?.startsWith('stacker://')) fromStacker(layer.from.url)
-  for (const i of layer.imports) if (i.path.startsWith('stacker://')) fromStacker(i.path)
-  return out
 }
 
 async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {

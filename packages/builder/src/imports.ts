@@ -9,7 +9,7 @@ import type { ImportSpec, Layer } from '@stacker/stackerfile'
 import type { ImportPart } from './cache.js'
 import { builtIdentity, openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
-import { copyTree, exists, schemeOf } from './util.js'
+import { copyTree, exists } from './util.js'
 import { RUN_SCRIPT } from './run.js'
 
 export interface ResolvedImport {
@@ -41,29 +41,25 @@ function checkHash(spec: ImportSpec, actualHex: string): void {
 export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<ResolvedImport[]> {
   const out: ResolvedImport[] = []
   for (const spec of layer.imports) {
-    const scheme = schemeOf(spec.path)
+    const src = spec.source
     const destPart =
       spec.dest !== undefined ? { dest: `${spec.dest}|${spec.mode ?? ''}|${spec.uid ?? ''}|${spec.gid ?? ''}` } : {}
-    if (scheme === 'http' || scheme === 'https') {
+    if (src.kind === 'http') {
       const file = await download(ctx, spec)
       const hex = (await hashFile(file)).slice('sha256:'.length)
       out.push({ spec, local: file, part: { path: spec.path, kind: 'http', digest: hex, ...destPart } })
-    } else if (scheme === 'stacker') {
-      const rest = spec.path.slice('stacker://'.length)
-      const slash = rest.indexOf('/')
-      const src = slash < 0 ? rest : rest.slice(0, slash)
-      const path = slash < 0 ? '/' : rest.slice(slash)
-      const built = ctx.built.get(src)
+    } else if (src.kind === 'stacker') {
+      const built = ctx.built.get(src.layer)
       if (!built)
-        throw new StackerError('IMPORT', `couldn't find layer ${src} for import ${spec.path}`, { pos: spec.pos })
+        throw new StackerError('IMPORT', `couldn't find layer ${src.layer} for import ${spec.path}`, { pos: spec.pos })
       out.push({
         spec,
-        stacker: { layer: src, path },
+        stacker: { layer: src.layer, path: src.path },
         // The source layer's filesystem by content, so a rebuild of it that changed the file is seen.
-        part: { path: spec.path, kind: 'stacker', digest: `${builtIdentity(built)}:${path}`, ...destPart },
+        part: { path: spec.path, kind: 'stacker', digest: `${builtIdentity(built)}:${src.path}`, ...destPart },
       })
-    } else if (scheme !== undefined) {
-      throw new StackerError('IMPORT', `unsupported url scheme ${scheme}`, { pos: spec.pos })
+    } else if (src.kind === 'unsupported') {
+      throw new StackerError('IMPORT', `unsupported url scheme ${src.scheme}`, { pos: spec.pos })
     } else {
       let st: Awaited<ReturnType<typeof stat>>
       try {

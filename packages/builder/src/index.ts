@@ -1,4 +1,4 @@
-export { build, dependenciesOf } from './build.js'
+export { build } from './build.js'
 export { chroot, grab, inspect, clean, check, gc, internalCheckOverlay } from './commands.js'
 export { publish, type PublishOptions } from './publish.js'
 export {

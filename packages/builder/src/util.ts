@@ -58,8 +58,3 @@ export async function mapLimit<T, R>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
   return out
 }
-
-export function schemeOf(path: string): string | undefined {
-  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(path)
-  return m?.[1]
-}

@@ -13,6 +13,7 @@ export type {
 export { buildSubstitutions, substitute, type Dirs } from './substitute.js'
 export { loadStackerfile, loadStackerfiles } from './load.js'
 export { layerBuildOrder, orderLines } from './order.js'
+export { layerDependencies, parseSource, type SourceRef } from './source.js'
 export { hostGoArch, hostGoOs, layerDefinition, renderRunScript } from './layer.js'
 export { splitShellWords } from './shlex.js'
 export { DEFAULT_STACKERFILE_PATTERN, findStackerfiles } from './find.js'

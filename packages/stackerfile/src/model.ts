@@ -1,4 +1,5 @@
 import type { Logger, SourcePos } from '@stacker/core'
+import type { SourceRef } from './source.js'
 
 export type { SourcePos }
 
@@ -19,6 +20,8 @@ export type SourceType = 'docker' | 'oci' | 'tar' | 'built' | 'scratch'
 export interface ImageSource {
   type: string
   url?: string
+  /** `url` parsed (see parseSource), when there is one. */
+  source?: SourceRef
   tag?: string
   insecure: boolean
   pos: SourcePos
@@ -27,6 +30,8 @@ export interface ImageSource {
 /** One `imports` entry. `path` is absolute (or a `scheme://` URL, left alone); a trailing `/` is kept. */
 export interface ImportSpec {
   path: string
+  /** `path` parsed: a local path, http(s), `stacker://<layer>/<path>`, or an unsupported scheme. */
+  source: SourceRef
   /** sha256 hex, lower-cased, no `sha256:` prefix. Format-checked at parse time. */
   hash?: string
   /** Absolute path in the image. */

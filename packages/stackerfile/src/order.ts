@@ -1,6 +1,5 @@
 import { type Logger, StackerError } from '@stacker/core'
 import type { Layer, Stackerfile, StackerfileSet } from './model.js'
-import { urlHost, urlScheme } from './util.js'
 
 /** The `--order-only` lines: `%d build %s: requires: [%s]`, 0-based like upstream (scripts match
  *  `0 build .../sub1/stacker.yaml`), prerequisites space-separated. */
@@ -12,13 +11,11 @@ export function orderLines(set: StackerfileSet): string[] {
  *  an unprocessed `built` base. */
 function missingDeps(layer: Layer, processed: ReadonlySet<string>): string[] {
   const missing: string[] = []
-  for (const imp of layer.imports) {
-    if (urlScheme(imp.path) === 'stacker' && !processed.has(urlHost(imp.path))) missing.push(imp.path)
-  }
+  for (const imp of layer.imports)
+    if (imp.source.kind === 'stacker' && !processed.has(imp.source.layer)) missing.push(imp.path)
   const from = layer.from
-  if (from?.type === 'tar' && from.url !== undefined && urlScheme(from.url) === 'stacker') {
-    if (!processed.has(urlHost(from.url))) missing.push(from.url)
-  }
+  if (from?.type === 'tar' && from.url !== undefined && from.source?.kind === 'stacker')
+    if (!processed.has(from.source.layer)) missing.push(from.url)
   if (from?.type === 'built' && !processed.has(from.tag ?? '')) missing.push(`base layer ${from.tag ?? ''}`)
   return missing
 }

@@ -3,6 +3,7 @@ import { type Logger, type SourcePos, StackerError } from '@stacker/core'
 import { type Alias, isAlias, isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml'
 import { goFormat, goQuote, goTypeName, isGoInt } from './go-format.js'
 import type { Bind, ImageSource, ImportSpec, Layer, OverlayDir, Stackerfile } from './model.js'
+import { parseSource } from './source.js'
 import { splitShellWords } from './shlex.js'
 import { hasScheme, scalarString, urlScheme } from './util.js'
 import { type ParsedYaml, parseYaml } from './yaml-doc.js'
@@ -426,7 +427,7 @@ function parseLayer(p: FileParser, name: string, e: Entry): Layer {
       } else if (s === '') delete src.tag
       else src.tag = s
     }
-    from = { ...src, pos: p.pos(typeOffset) }
+    from = { ...src, ...(src.url !== undefined ? { source: parseSource(src.url) } : {}), pos: p.pos(typeOffset) }
     if (from.type === 'built' && !from.tag) {
       p.fail(`${name}: from tag cannot be empty for image type 'built'`, typeOffset)
     }
@@ -670,8 +671,9 @@ function parseImports(p: FileParser, d: Entry): ParsedImport[] {
     } else {
       fail(`could not read imports entry: ${sharp(item)}`)
     }
-    const spec: ImportSpec = { path: absolutify(p.opts.referenceDir, path), pos: p.pos(offset) }
-    if (path.endsWith('/') && !spec.path.endsWith('/')) spec.path += '/'
+    let abs = absolutify(p.opts.referenceDir, path)
+    if (path.endsWith('/') && !abs.endsWith('/')) abs += '/'
+    const spec: ImportSpec = { path: abs, source: parseSource(abs), pos: p.pos(offset) }
     if (hash !== '') {
       const lower = hash.toLowerCase()
       if (lower.length !== 64) fail(`Given hash ${hash} is not valid: invalid checksum digest length`)
