@@ -49,6 +49,7 @@ export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<Reso
       if (!parent)
         throw new StackerError('DEPENDENCY', `couldn't find a cache of base layer for ${layer.name}: ${tag}`, {
           pos: from.pos,
+          detail: { missing: [tag] },
         })
       return { key: `built:${builtIdentity(parent)}`, chain: [...parent.entry.chain], parent }
     }

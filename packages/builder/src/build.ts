@@ -35,7 +35,7 @@ import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
 import { commitLayerContent } from './content.js'
 import { hostCouplings } from './coupling.js'
-import { openStorage, type OpenStorage } from './storage.js'
+import { openOutputLayout, openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
 import { copyTree } from './util.js'
@@ -89,7 +89,7 @@ export async function createContext(
   set: StackerfileSet,
   o: BuildOptions,
 ): Promise<BuildContext> {
-  const layout = await OciLayout.open(s.dirs.ociDir, { create: true, logger: s.logger })
+  const layout = await openOutputLayout(s, { create: true })
   return {
     s,
     logger: s.logger,

@@ -9,7 +9,7 @@ import { buildSubstitutions, loadStackerfile, type Layer } from '@stacker/stacke
 import { BuildCache } from './cache.js'
 import { closeChainContents, openChainContents } from './fs-contents.js'
 import { bindMounts, layerEnv } from './run.js'
-import { openStorage } from './storage.js'
+import { openOutputLayout, openStorage } from './storage.js'
 import type { BuildContext } from './context.js'
 import type { Session } from './types.js'
 import { copyTree, exists, lastLine } from './util.js'
@@ -112,7 +112,7 @@ function humanSize(n: number): string {
 
 /** `stacker inspect [tag]`: upstream's text, one block per tag in index order. */
 export async function inspect(s: Session, tag?: string): Promise<string> {
-  const layout = await OciLayout.open(s.dirs.ociDir, { create: false })
+  const layout = await openOutputLayout(s, { create: false })
   const tags = (await layout.listTags()).filter((t) => tag === undefined || t.name === tag)
   if (tag !== undefined && tags.length === 0) throw new StackerError('NOT_FOUND', `no image ${tag} in ${s.dirs.ociDir}`)
   let out = ''
@@ -213,7 +213,7 @@ export async function gc(s: Session): Promise<void> {
   const storage = await openStorage(s)
   try {
     if (await exists(join(s.dirs.ociDir, 'index.json'))) {
-      const layout = await OciLayout.open(s.dirs.ociDir, { create: false })
+      const layout = await openOutputLayout(s, { create: false })
       const { removed } = await layout.gc()
       s.logger.info(`removed ${removed.length} unreferenced blobs`)
     }

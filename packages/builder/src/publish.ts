@@ -1,5 +1,5 @@
 import { join, resolve } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { isStackerError, StackerError } from '@stacker/core'
 import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
 import { MountSources, parseImageRef, pushImageDetailed, RegistryClient } from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
@@ -35,9 +35,11 @@ async function loadLenient(s: Session, o: PublishOptions): Promise<StackerfileSe
     try {
       return await loadStackerfiles(o.stackerFiles, { substitutions, logger: s.logger })
     } catch (e) {
-      const m = e instanceof StackerError ? /no value for substitution (\S+)/.exec(e.message) : null
-      if (!m || extra.length > 1000) throw e
-      extra.push(`${m[1]}=dummy`)
+      // Only a missing value is given one; unsupported placeholders stay an error.
+      const missing =
+        isStackerError(e, 'SUBSTITUTION') && e.detail?.reason === 'no-value' ? e.detail.variables : undefined
+      if (!missing?.length || extra.length > 1000) throw e
+      for (const v of missing) extra.push(`${v}=dummy`)
     }
   }
 }

@@ -95,27 +95,32 @@ export class OciLayout {
     this.#logger = logger
   }
 
-  /** Opens the layout at `dir`, creating it (atomically, with upstream's log line) when missing and
-   *  `create` is set. Errors: OCI_LAYOUT with upstream's texts when `dir` is not a directory or
-   *  has no index.json; NOT_FOUND when missing and `create` is unset. */
+  /** Opens the layout at `dir`. With `create`, a missing dir, or an empty one (as mkdtemp leaves
+   *  it), becomes a new empty layout first (atomically, logging `Creating new OCI Layout at "dir"`).
+   *  Errors: OCI_LAYOUT (detail `{path, reason}`) when `dir` is not a directory, or is a non-empty
+   *  directory without index.json, or is missing and `create` is unset. */
   static async open(dir: string, opts: OpenOptions = {}): Promise<OciLayout> {
     const logger = opts.logger ?? silentLogger
     const abs = resolve(dir)
     let st = await statOrUndefined(abs)
-    if (!st) {
-      if (!opts.create) throw new StackerError('NOT_FOUND', `OCI layout ${goQuote(dir)} does not exist`)
+    if (!st || (opts.create && st.isDirectory() && (await readdir(abs)).length === 0)) {
+      if (!opts.create)
+        throw new StackerError('OCI_LAYOUT', `OCI layout ${goQuote(dir)} does not exist`, {
+          detail: { path: abs, reason: 'missing' },
+        })
       logger.info(`Creating new OCI Layout at ${goQuote(dir)}`)
       await createLayout(abs)
       st = await stat(abs)
     }
     if (!st.isDirectory()) {
-      throw new StackerError('OCI_LAYOUT', `parameter oci-dir=${goQuote(dir)} exists but is not a directory.`)
+      throw new StackerError('OCI_LAYOUT', `OCI layout ${goQuote(dir)} is not a directory`, {
+        detail: { path: abs, reason: 'not-a-directory' },
+      })
     }
     if (!(await exists(join(abs, INDEX_FILE)))) {
-      throw new StackerError(
-        'OCI_LAYOUT',
-        `parameter oci-dir=${goQuote(dir)} exists but does not look like an OCI Layout.`,
-      )
+      throw new StackerError('OCI_LAYOUT', `${goQuote(dir)} is not an OCI layout: it has no ${INDEX_FILE}`, {
+        detail: { path: abs, reason: 'not-a-layout' },
+      })
     }
     return new OciLayout(abs, logger)
   }
@@ -582,6 +587,7 @@ async function createLayout(abs: string): Promise<void> {
     const index: ImageIndex = { schemaVersion: 2, mediaType: MediaTypes.index, manifests: [] }
     await atomicWriteFile(join(tmp, INDEX_FILE), canonicalJson(index))
     try {
+      // An empty dir is replaced as a missing one would be created (rename over an empty dir).
       await rename(tmp, abs)
     } catch (e) {
       if (!isErrno(e, 'ENOTEMPTY') && !isErrno(e, 'EEXIST')) throw e

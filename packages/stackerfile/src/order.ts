@@ -34,7 +34,8 @@ export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: 
       if (seen.has(pre)) continue
       seen.add(pre)
       const dep = set.files.get(pre)
-      if (!dep) throw new StackerError('DEPENDENCY', `couldn't find prerequisite ${pre}`)
+      if (!dep)
+        throw new StackerError('DEPENDENCY', `couldn't find prerequisite ${pre}`, { detail: { missing: [pre] } })
       for (const name of dep.fileOrder) processed.add(name)
       addPrerequisites(dep)
     }
@@ -59,12 +60,18 @@ export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: 
   }
   if (order.length !== layers.length) {
     let first: Layer | undefined
+    const missing: string[] = []
     for (const layer of layers) {
       if (processed.has(layer.name)) continue
       first ??= layer
-      logger.error(`couldn't find dependencies for ${layer.name}: ${missingDeps(layer, processed).join(', ')}`)
+      const deps = missingDeps(layer, processed)
+      for (const d of deps) if (!missing.includes(d)) missing.push(d)
+      logger.error(`couldn't find dependencies for ${layer.name}: ${deps.join(', ')}`)
     }
-    throw new StackerError('DEPENDENCY', "couldn't resolve some dependencies", first ? { pos: first.pos } : {})
+    throw new StackerError('DEPENDENCY', "couldn't resolve some dependencies", {
+      ...(first ? { pos: first.pos } : {}),
+      detail: { missing },
+    })
   }
   return order
 }

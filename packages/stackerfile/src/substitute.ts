@@ -113,7 +113,7 @@ export function substitute(
   const errOpts = (pos: SourcePos | undefined) => (pos ? { pos } : {})
 
   let content = text
-  const unsupported: Array<{ msg: string; pos: SourcePos | undefined }> = []
+  const unsupported: Array<{ key: string; found: string; msg: string; pos: SourcePos | undefined }> = []
   const usage: number[] = []
   for (const sub of subs) {
     const eq = sub.indexOf('=')
@@ -125,6 +125,8 @@ export function substitute(
       const at = content.indexOf(placeholder)
       if (at >= 0) {
         unsupported.push({
+          key,
+          found: placeholder,
           msg: unsupportedMessage(sub, placeholder, `"\${{${key}}}"`),
           pos: posOf(placeholder, at),
         })
@@ -133,6 +135,8 @@ export function substitute(
     const bad = new RegExp(`\\$\\{${escapeRegExp(key)}(:[^}]*)?\\}`, 'g')
     for (const m of content.matchAll(bad)) {
       unsupported.push({
+        key,
+        found: m[0],
         msg: unsupportedMessage(sub, m[0], `"\${{${m[0].slice(2)}}"`),
         pos: posOf(m[0], m.index ?? 0),
       })
@@ -153,10 +157,14 @@ export function substitute(
 
   if (unsupported.length > 0) {
     for (const u of unsupported) logger.error(u.msg)
+    const found = [...new Set(unsupported.map((u) => u.found))]
     throw new StackerError(
       'SUBSTITUTION',
-      `${unsupported.length} instances of unsupported placeholders found. Review log for how to update.`,
-      errOpts(unsupported[0]!.pos),
+      `${unsupported.length} instances of unsupported placeholders found: ${found.join(', ')} (write \${{NAME}} to use a substitution)`,
+      {
+        ...errOpts(unsupported[0]!.pos),
+        detail: { reason: 'unsupported-placeholder', variables: [...new Set(unsupported.map((u) => u.key))] },
+      },
     )
   }
 
@@ -165,7 +173,10 @@ export function substitute(
     const variable = m[0].slice(3, -2)
     const colon = variable.indexOf(':')
     if (colon < 0) {
-      throw new StackerError('SUBSTITUTION', `no value for substitution ${variable}`, errOpts(posOf(m[0], m.index)))
+      throw new StackerError('SUBSTITUTION', `no value for substitution ${variable}`, {
+        ...errOpts(posOf(m[0], m.index)),
+        detail: { reason: 'no-value', variables: [variable] },
+      })
     }
     content = content.slice(0, m.index) + variable.slice(colon + 1) + content.slice(m.index + m[0].length)
   }
