@@ -3,7 +3,7 @@ import { rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { digestHex, memoryLogger, sha256Digest, StackerError, type Logger } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { OciLayout, type Descriptor } from '@stacker/oci'
+import type { Descriptor } from '@stacker/oci'
 import {
   buildSubstitutions,
   layerBuildOrder,
