@@ -18,3 +18,14 @@ export { containerConfig, DEFAULT_PATH_ENV } from './image.js'
 export { destPlacement } from './imports.js'
 export { internalCopy, internalCp, internalChmod, internalChown, NO_APPARMOR_EXIT } from './internal-go.js'
 export { atomfsMount, atomfsUmount } from './atomfs.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'

@@ -3,3 +3,14 @@ export { type BuildEnvironmentOptions, DEFAULT_PASSTHROUGH, DEFAULT_PATH, buildE
 export { type RunOptions, type RunResult, runContainer } from './run.js'
 export { BUILD_CAPABILITIES } from './spec.js'
 export { removeStaleContainers } from './stale.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'

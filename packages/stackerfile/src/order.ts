@@ -1,4 +1,4 @@
-import { type Logger, StackerError } from '@stacker/core'
+import { type Logger, silentLogger, StackerError } from '@stacker/core'
 import type { Layer, Stackerfile, StackerfileSet } from './model.js'
 
 /** The `--order-only` lines: `%d build %s: requires: [%s]`, 0-based like upstream (scripts match
@@ -26,7 +26,7 @@ function missingDeps(layer: Layer, processed: ReadonlySet<string>): string[] {
  * order, so independent layers keep file order. Unresolvable layers are logged as
  * `couldn't find dependencies for <layer>: <items>` and then DEPENDENCY is thrown.
  */
-export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: Logger): Layer[] {
+export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: Logger = silentLogger): Layer[] {
   const processed = new Set<string>()
   const seen = new Set<string>([file.path])
   const addPrerequisites = (sf: Stackerfile): void => {

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { type Logger, type SourcePos, StackerError } from '@stacker/core'
+import { type Logger, silentLogger, type SourcePos, StackerError } from '@stacker/core'
 import { isMap, isScalar } from 'yaml'
 import { goQuote } from './go-format.js'
 import { lineCol, parseYaml } from './yaml-doc.js'
@@ -22,7 +22,8 @@ export interface Dirs {
 export async function buildSubstitutions(opts: {
   substitute: readonly string[]
   substituteFile?: string
-  dirs: Dirs
+  /** Adds the STACKER_*_DIR entries when given. */
+  dirs?: Dirs
 }): Promise<string[]> {
   const out = [...opts.substitute]
   if (opts.substituteFile !== undefined && opts.substituteFile !== '') {
@@ -43,12 +44,13 @@ export async function buildSubstitutions(opts: {
     const fromFile = parseSubstituteFile(raw, file)
     for (const [k, v] of fromFile) if (!given.has(k)) out.push(`${k}=${v}`)
   }
-  out.push(
-    `STACKER_ROOTFS_DIR=${opts.dirs.rootsDir}`,
-    `STACKER_STACKER_DIR=${opts.dirs.stackerDir}`,
-    `STACKER_OCI_DIR=${opts.dirs.ociDir}`,
-    `STACKER_WORK_DIR=${opts.dirs.workDir}`,
-  )
+  if (opts.dirs)
+    out.push(
+      `STACKER_ROOTFS_DIR=${opts.dirs.rootsDir}`,
+      `STACKER_STACKER_DIR=${opts.dirs.stackerDir}`,
+      `STACKER_OCI_DIR=${opts.dirs.ociDir}`,
+      `STACKER_WORK_DIR=${opts.dirs.workDir}`,
+    )
   return out
 }
 
@@ -101,7 +103,7 @@ function escapeRegExp(s: string): string {
 export function substitute(
   text: string,
   subs: readonly string[],
-  logger: Logger,
+  logger: Logger = silentLogger,
   opts: { file?: string } = {},
 ): string {
   const posOf = (needle: string, fallback: number): SourcePos | undefined => {
