@@ -1,15 +1,14 @@
 import { createHash } from 'node:crypto'
 import { mkdir, rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { StackerError, pathExists } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { fsImageContentId, openChainContents, registerFsImage } from './fs-contents.js'
+import { fsImageContentId, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
 import { parseSource, type Layer } from '@stacker/stackerfile'
-import { builtIdentity, type BuildContext, type BuiltLayer } from './context.js'
+import { builtIdentity, openChain, type BuildContext, type BuiltLayer } from './context.js'
 import { hashFile } from './hashing.js'
 import { copyImport, type ResolvedImport } from './imports.js'
-import { exists } from './util.js'
 
 /** An image from a registry or an OCI layout that a chain of layers starts from. */
 export interface BaseImage {
@@ -144,7 +143,7 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
       await ctx.store.setBlobView(d.digest, image.contents[i] as string)
     }),
   )
-  await openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, image.contents)
+  await openChain(ctx, image.contents)
 }
 
 /** Fetches a `tar` base into `<stacker-dir>/layer-bases/tar/`: a local path (relative to the cwd), an
@@ -154,7 +153,7 @@ async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   const src = layer.from?.source ?? parseSource(url)
   if (src.kind === 'local') {
     const p = resolve(url)
-    if (!(await exists(p)))
+    if (!(await pathExists(p)))
       throw new StackerError('NOT_FOUND', `couldn't find tar base ${url}`, { pos: layer.from?.pos })
     return p
   }

@@ -1,7 +1,16 @@
 import { createReadStream } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { digestHex, memoryLogger, sha256Digest, StackerError, type Logger } from '@stacker/core'
+import {
+  digestHex,
+  memoryLogger,
+  sha256Digest,
+  StackerError,
+  type Logger,
+  KeyedMutex,
+  Semaphore,
+  SingleFlight,
+} from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import {
@@ -32,7 +41,7 @@ import { ensureOutput } from './image.js'
 import { destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
 import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
-import { closeChainContents } from './fs-contents.js'
+import { OpenedImages } from './fs-contents.js'
 import { commitLayerContent } from './content.js'
 import { hostCouplings } from './coupling.js'
 import { openOutputLayout, openStorage, type OpenStorage } from './storage.js'
@@ -67,7 +76,7 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
       await ctx.tags.finish()
     } finally {
       await ctx.hashes.save()
-      await closeChainContents()
+      await ctx.images.closeAll()
     }
   } finally {
     await storage.lock.release()
@@ -109,6 +118,9 @@ export async function createContext(
     built: new Map(),
     runtimeDir: storage.runtimeDir,
     tags: new TagWriter(layout),
+    images: new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }),
+    flights: { projections: new SingleFlight(), outputs: new SingleFlight(), basePulls: new KeyedMutex() },
+    gitVersions: new Map(),
   }
 }
 
@@ -172,26 +184,6 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
   if (order.length === 0) await ctx.layout.gc()
-}
-
-class Semaphore {
-  #free: number
-  #waiters: Array<() => void> = []
-  constructor(n: number) {
-    this.#free = n
-  }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--
-      return
-    }
-    await new Promise<void>((resolve) => this.#waiters.push(resolve))
-  }
-  release(): void {
-    const w = this.#waiters.shift()
-    if (w) w()
-    else this.#free++
-  }
 }
 
 async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {

@@ -1,18 +1,18 @@
-import { rm, stat } from 'node:fs/promises'
+import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { execa } from 'execa'
-import { StackerError } from '@stacker/core'
+import { StackerError, pathExists, formatBytes } from '@stacker/core'
 import type { ImageConfig, Manifest } from '@stacker/oci'
 import { checkOverlay, initStorage, acquireStorageLocks, listMounts } from '@stacker/overlay'
 import { runContainer } from '@stacker/runtime'
 import { buildSubstitutions, loadStackerfile, type Layer } from '@stacker/stackerfile'
 import { BuildCache } from './cache.js'
-import { closeChainContents, openChainContents } from './fs-contents.js'
+import { OpenedImages } from './fs-contents.js'
 import { bindMounts, layerEnv } from './run.js'
 import { openOutputLayout, openStorage } from './storage.js'
 import type { BuildContext } from './context.js'
 import type { Session } from './types.js'
-import { copyTree, exists, lastLine } from './util.js'
+import { copyTree, lastLine } from './util.js'
 
 async function loadForLayer(s: Session, stackerFile: string, substitute: string[]) {
   const substitutions = await buildSubstitutions({ substitute, dirs: s.dirs })
@@ -26,7 +26,7 @@ export async function chroot(
 ): Promise<number> {
   let layer: Layer | undefined
   let tag = o.tag
-  if (await exists(o.stackerFile)) {
+  if (await pathExists(o.stackerFile)) {
     const file = await loadForLayer(s, o.stackerFile, o.substitute)
     tag ??= file.fileOrder[0]
     if (tag === undefined) throw new StackerError('USAGE', `no layers in ${o.stackerFile}`)
@@ -38,11 +38,12 @@ export async function chroot(
     s.logger.info(`couldn't find stacker file, chrooting to ${tag} as best effort`)
   }
   const storage = await openStorage(s)
+  const images = new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger })
   try {
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
     s.logger.info('This chroot is temporary, any changes will be destroyed when it exits.')
-    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
+    await images.open(rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const env = layer
@@ -63,7 +64,7 @@ export async function chroot(
       await snap.release()
     }
   } finally {
-    await closeChainContents()
+    await images.closeAll()
     await storage.lock.release()
   }
 }
@@ -78,14 +79,15 @@ export async function grab(
   const tag = o.spec.slice(0, i)
   const path = o.spec.slice(i + 1)
   const storage = await openStorage(s)
+  const images = new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger })
   try {
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
-    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
+    await images.open(rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const src = join(snap.target, resolve('/', path))
-      if (!(await exists(src)))
+      if (!(await pathExists(src)))
         throw new StackerError('NOT_FOUND', `couldn't grab ${path} from ${tag}: no such file or directory`)
       const target = join(o.dest, basename(resolve('/', path)))
       await rm(target, { recursive: true, force: true })
@@ -94,20 +96,9 @@ export async function grab(
       await snap.release()
     }
   } finally {
-    await closeChainContents()
+    await images.closeAll()
     await storage.lock.release()
   }
-}
-
-function humanSize(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB']
-  let i = 0
-  let v = n
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000
-    i++
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
 }
 
 /** `stacker inspect [tag]`: upstream's text, one block per tag in index order. */
@@ -120,7 +111,7 @@ export async function inspect(s: Session, tag?: string): Promise<string> {
     const manifest = await layout.readJson<Manifest>(t.descriptor.digest)
     out += `${t.name}\n`
     manifest.layers.forEach((l, i) => {
-      out += `\tlayer ${i}: ${l.digest.slice(l.digest.indexOf(':') + 1, l.digest.indexOf(':') + 13)}... (${humanSize(l.size)}, ${l.mediaType})\n`
+      out += `\tlayer ${i}: ${l.digest.slice(l.digest.indexOf(':') + 1, l.digest.indexOf(':') + 13)}... (${formatBytes(l.size, { decimal: true })}, ${l.mediaType})\n`
     })
     if (manifest.annotations && Object.keys(manifest.annotations).length) {
       out += 'Annotations:\n'
@@ -140,7 +131,7 @@ export async function inspect(s: Session, tag?: string): Promise<string> {
 export async function clean(s: Session): Promise<void> {
   const { rootsDir, ociDir, stackerDir, rootsDirArg } = s.dirs
   try {
-    if (await exists(rootsDir)) {
+    if (await pathExists(rootsDir)) {
       await initStorage({ stackerDir, rootsDir, rootsDirArg })
       const lock = await acquireStorageLocks(stackerDir, rootsDir)
       try {
@@ -212,7 +203,7 @@ export async function internalCheckOverlay(s: Session): Promise<number> {
 export async function gc(s: Session): Promise<void> {
   const storage = await openStorage(s)
   try {
-    if (await exists(join(s.dirs.ociDir, 'index.json'))) {
+    if (await pathExists(join(s.dirs.ociDir, 'index.json'))) {
       const layout = await openOutputLayout(s, { create: false })
       const { removed } = await layout.gc()
       s.logger.info(`removed ${removed.length} unreferenced blobs`)
@@ -226,15 +217,6 @@ export async function gc(s: Session): Promise<void> {
     s.logger.info(`removed ${gone.length} unused layer contents`)
   } finally {
     await storage.lock.release()
-  }
-}
-
-export async function fileExists(p: string): Promise<boolean> {
-  try {
-    await stat(p)
-    return true
-  } catch {
-    return false
   }
 }
 

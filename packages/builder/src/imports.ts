@@ -4,12 +4,12 @@ import { chmod, lchown, lstat, mkdir, readdir, rename, rm, stat } from 'node:fs/
 import { basename, dirname, join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { sha256Digest, StackerError } from '@stacker/core'
+import { sha256Digest, StackerError, pathExists } from '@stacker/core'
 import type { ImportSpec, Layer } from '@stacker/stackerfile'
 import type { ImportPart } from './cache.js'
 import { builtIdentity, openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
-import { copyTree, exists } from './util.js'
+import { copyTree } from './util.js'
 import { RUN_SCRIPT } from './run.js'
 
 export interface ResolvedImport {
@@ -90,7 +90,7 @@ async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
   const url = spec.path
   const dir = join(ctx.s.dirs.stackerDir, 'downloads', createHash('sha256').update(url).digest('hex').slice(0, 32))
   const file = join(dir, basename(new URL(url).pathname) || 'index')
-  if (await exists(file)) {
+  if (await pathExists(file)) {
     let head: Response | undefined
     try {
       head = await fetch(url, { method: 'HEAD', signal: AbortSignal.timeout(15_000) })
@@ -175,7 +175,7 @@ export async function copyImport(
   const snap = await ctx.store.snapshot(src.entry.chain)
   try {
     const from = join(snap.target, imp.stacker.path)
-    if (!(await exists(from)))
+    if (!(await pathExists(from)))
       throw new StackerError(
         'IMPORT',
         `couldn't import ${imp.spec.path}: no such file or directory in ${imp.stacker.layer}`,

@@ -1,10 +1,9 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { StackerError, withTempDir } from '@stacker/core'
+import { StackerError, withTempDir, pathExists } from '@stacker/core'
 import { buildEnvironment, runContainer, type BindMount } from '@stacker/runtime'
 import { renderRunScript, type Layer } from '@stacker/stackerfile'
 import { openChain, type BuildContext } from './context.js'
-import { exists } from './util.js'
 
 export const RUN_SCRIPT = '.stacker-run.sh'
 
@@ -22,7 +21,7 @@ export function layerEnv(ctx: BuildContext, layer: Layer): string[] {
 export async function bindMounts(layer: Layer): Promise<BindMount[]> {
   const out: BindMount[] = []
   for (const b of layer.binds) {
-    if (!(await exists(b.source)))
+    if (!(await pathExists(b.source)))
       throw new StackerError(
         'RUN_FAILED',
         `failed to bind mount ${JSON.stringify(b.source)} at ${JSON.stringify(b.dest)}: bind mount source ${JSON.stringify(b.source)} does not exist, refusing bind mount`,

@@ -16,14 +16,14 @@ import {
   parseDigest,
   StackerError,
   silentLogger,
+  pathExists,
+  isErrno,
 } from '@stacker/core'
 import {
   type BlobInfo,
   type BlobWriter,
   checkExpected,
   type ExpectedBlob,
-  exists,
-  isErrno,
   LayoutBlobWriter,
   TEMP_DIR,
 } from './blob-writer.js'
@@ -117,7 +117,7 @@ export class OciLayout {
         detail: { path: abs, reason: 'not-a-directory' },
       })
     }
-    if (!(await exists(join(abs, INDEX_FILE)))) {
+    if (!(await pathExists(join(abs, INDEX_FILE)))) {
       throw new StackerError('OCI_LAYOUT', `${goQuote(dir)} is not an OCI layout: it has no ${INDEX_FILE}`, {
         detail: { path: abs, reason: 'not-a-layout' },
       })
@@ -132,7 +132,7 @@ export class OciLayout {
   }
 
   async hasBlob(d: Digest): Promise<boolean> {
-    return exists(this.blobPath(d))
+    return pathExists(this.blobPath(d))
   }
 
   /** Stores `data`. Streams: hashes while writing, never holds the whole blob. Verifies `expected`
@@ -176,7 +176,7 @@ export class OciLayout {
     try {
       const final = this.blobPath(info.digest)
       const crossDevice = await this.#state.blobLock.run(async () => {
-        if (await exists(final)) {
+        if (await pathExists(final)) {
           await rm(file, { force: true })
           return false
         }

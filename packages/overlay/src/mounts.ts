@@ -2,7 +2,7 @@ import { statSync } from 'node:fs'
 import { readFile, realpath, rm } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { StackerError } from '@stacker/core'
-import { execa } from './execa.js'
+import { runTool } from '@stacker/core'
 
 /** A held mount. `release()` is idempotent: the first call unmounts (lazily if the mount is busy)
  *  and removes what the mount created; later calls return the same promise. */
@@ -67,10 +67,10 @@ function visibleAt(mp: string, majorMinor: string | undefined): boolean {
 /** Unmounts `target`, falling back to a lazy unmount when it is busy. Succeeds when nothing is
  *  mounted there afterwards, including when nothing was mounted to begin with. */
 export async function unmount(target: string): Promise<void> {
-  const first = await execa('umount', [target], { stdin: 'ignore' })
+  const first = await runTool('umount', [target], { stdin: 'ignore' })
   if (first.exitCode === 0) return
   if (!(await isMountPoint(target))) return
-  const lazy = await execa('umount', ['-l', target], { stdin: 'ignore' })
+  const lazy = await runTool('umount', ['-l', target], { stdin: 'ignore' })
   if (lazy.exitCode === 0 || !(await isMountPoint(target))) return
   throw new StackerError('MOUNT', `couldn't unmount ${target}: ${String(lazy.stderr || first.stderr).trim()}`)
 }

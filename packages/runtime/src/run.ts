@@ -6,7 +6,7 @@ import { constants as osConstants } from 'node:os'
 import { delimiter, join, posix, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { type Logger, StackerError, onCleanup, silentLogger } from '@stacker/core'
-import { execa } from './execa.js'
+import { runTool } from '@stacker/core'
 import type { BindMount } from './bind.js'
 import { execHelper } from './exec-helper.js'
 import { MountPoints, pathExists, removeStackerDir, resolveInRoot } from './mount-points.js'
@@ -293,7 +293,7 @@ class ContainerControl {
   }
 
   private runcCmd(args: string[]) {
-    return execa(this.runc, ['--root', this.stateDir, ...args], { stdin: 'ignore' })
+    return runTool(this.runc, ['--root', this.stateDir, ...args], { stdin: 'ignore' })
   }
 }
 
