@@ -5,7 +5,18 @@ import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 // Lower rank may not import higher rank; equal ranks may not import each other.
-const RANK = { core: 0, stackerfile: 1, oci: 1, layers: 2, overlay: 3, runtime: 3, registry: 3, builder: 4, cli: 5 }
+const RANK = {
+  core: 0,
+  stackerfile: 1,
+  oci: 1,
+  convert: 2,
+  layers: 2,
+  overlay: 3,
+  runtime: 3,
+  registry: 3,
+  builder: 4,
+  cli: 5,
+}
 // The workspace root is the first argument (default: the cwd).
 const root = resolve(process.argv[2] ?? '.')
 const dirs = {

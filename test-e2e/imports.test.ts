@@ -184,6 +184,34 @@ use:
   })
 })
 
+it('keeps the owner and mode of the directories a dest import lands in', async () => {
+  const p = await project({
+    'f.txt': 'F\n',
+    'stacker.yaml': `
+base:
+  ${BUSYBOX}
+  build_only: true
+  run: mkdir -p /home/u && chown 1000:1000 /home/u && chmod 700 /home/u
+img:
+  from: {type: built, tag: base}
+  imports:
+    - {path: f.txt, dest: /tmp/f.txt}
+    - {path: f.txt, dest: /home/u/f.txt, uid: 1000, gid: 1000}
+    - {path: f.txt, dest: /new/dir/f.txt}
+`,
+  })
+  expectOk(await build(p))
+  const rootfs = await umociUnpack(p.path('oci'), 'img', p.path('unpacked'))
+  const meta = async (d: string) => {
+    const st = await lstat(join(rootfs, d))
+    return `${st.uid}:${st.gid} ${(st.mode & 0o7777).toString(8)}`
+  }
+  expect(await meta('tmp')).toBe('0:0 1777')
+  expect(await meta('home/u')).toBe('1000:1000 700')
+  expect(await meta('new/dir')).toBe('0:0 755')
+  expect(await readFile(join(rootfs, 'home/u/f.txt'), 'utf8')).toBe('F\n')
+})
+
 describe('imports without dest', () => {
   it('are read-only under /stacker/imports and stale ones are gone on the next build', async () => {
     const p = await project({ 'a.txt': 'aaa\n', 'b.txt': 'bbb\n', 'dir/c': 'ccc\n' })

@@ -13,7 +13,7 @@ beforeEach(async () => {
   copy = await mkdtemp(join(tmpdir(), 'graph-'))
   for (const d of [
     'apps/stacker',
-    ...['core', 'stackerfile', 'oci', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map(
+    ...['core', 'stackerfile', 'oci', 'convert', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map(
       (p) => `packages/${p}`,
     ),
   ]) {

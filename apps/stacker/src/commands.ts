@@ -242,12 +242,18 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
 
   program
     .command('convert')
-    .description('converts a Dockerfile into a stackerfile (not implemented)')
-    .option('-i, --docker-file <file>', 'the Dockerfile', 'Dockerfile')
+    .description('converts a Dockerfile into a stackerfile and its substitutions file')
+    .option('-i, --docker-file <file>', 'the Dockerfile (its directory is the build context)', 'Dockerfile')
     .option('-o, --output-file <file>', 'the stackerfile to write', 'stacker.yaml')
     .option('-s, --substitute-file <file>', 'the substitutions file to write', 'stacker-subs.yaml')
-    .action(() => {
-      throw new StackerError('NOT_IMPLEMENTED', 'convert is not implemented yet')
+    .action(async (f: { dockerFile: string; outputFile: string; substituteFile: string }) => {
+      const { convertFiles } = await import('@stacker/convert')
+      await convertFiles({
+        dockerFile: f.dockerFile,
+        outputFile: f.outputFile,
+        substituteFile: f.substituteFile,
+        logger: ctx().renderer.logger,
+      })
     })
 
   program

@@ -38,7 +38,7 @@ import {
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
-import { destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
+import { baseDirMeta, type DirMeta, destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
 import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
 import { OpenedImages } from './fs-contents.js'
@@ -318,15 +318,24 @@ async function buildLayer(
   const destImports = imports.filter((i) => i.spec.dest !== undefined)
   // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
   // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
-  const resolveDest =
+  // The directories an import lands in keep the owner and mode they have in the base: the import's
+  // layer holds them too, and would otherwise reset them (a /tmp without its sticky bit, a WORKDIR
+  // made for a user taken back by root).
+  const view =
     overlayDirs.length + destImports.length > 0 && chain.length > 0
       ? await withChainView(ctx, chain, async (root) => {
           const seen = new Map<string, string>()
+          const dirs = new Map<string, DirMeta[]>()
           for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
             seen.set(d, resolveInRoot(root, d))
-          return (d: string) => seen.get(d) ?? d
+          for (const imp of destImports) {
+            const d = seen.get(destDirOf(imp)) ?? destDirOf(imp)
+            dirs.set(d, await baseDirMeta(root, d))
+          }
+          return { resolveDest: (d: string) => seen.get(d) ?? d, dirMeta: (d: string) => dirs.get(d) ?? [] }
         })
-      : (d: string) => d
+      : { resolveDest: (d: string) => d, dirMeta: (): DirMeta[] => [] }
+  const resolveDest = view.resolveDest
   for (const od of overlayDirs) {
     const dest = resolveDest(od.dest)
     if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
@@ -338,7 +347,8 @@ async function buildLayer(
     chainNotes.push(overlayNote)
   }
   for (const imp of destImports) {
-    chain.push(await destImportContent(ctx, imp, resolveDest(destDirOf(imp))))
+    const dir = resolveDest(destDirOf(imp))
+    chain.push(await destImportContent(ctx, imp, dir, view.dirMeta(dir)))
     chainNotes.push(overlayNote)
   }
   if (base.tarball) {

@@ -238,21 +238,57 @@ export function destDirOf(imp: ResolvedImport): string {
   return destPlacement(imp.spec.path, imp.spec.dest as string).dir
 }
 
+/** Owner and permission bits of a directory of the base image, by its path in the image. */
+export interface DirMeta {
+  path: string
+  mode: number
+  uid: number
+  gid: number
+}
+
+/** The directories on the way to `dir` (itself included) that exist in the filesystem at `root`. */
+export async function baseDirMeta(root: string, dir: string): Promise<DirMeta[]> {
+  const out: DirMeta[] = []
+  let path = ''
+  for (const c of dir.split('/').filter((x) => x !== '')) {
+    path += `/${c}`
+    let st: Awaited<ReturnType<typeof lstat>>
+    try {
+      st = await lstat(join(root, path))
+    } catch {
+      break
+    }
+    if (!st.isDirectory()) break
+    out.push({ path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid })
+  }
+  return out
+}
+
 /** Makes (or reuses) the content dir for an import with `dest`: its own layer, like an overlay_dir.
- *  `dir` is destDirOf(imp) with the base's symlinks resolved. */
-export async function destImportContent(ctx: BuildContext, imp: ResolvedImport, dir: string): Promise<string> {
+ *  `dir` is destDirOf(imp) with the base's symlinks resolved; `baseDirs` the directories on the way
+ *  there that the base already has, whose owner and mode the layer keeps. */
+export async function destImportContent(
+  ctx: BuildContext,
+  imp: ResolvedImport,
+  dir: string,
+  baseDirs: readonly DirMeta[] = [],
+): Promise<string> {
   const spec = imp.spec
   const dest = spec.dest as string
   if (imp.part.kind === 'missing')
     throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
   const { name } = destPlacement(spec.path, dest)
-  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir])).slice(7, 39)}`
+  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir, baseDirs])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
     const targetDir = join(root, dir)
     await mkdir(targetDir, { recursive: true })
     const target = name === undefined ? targetDir : join(targetDir, name)
     await copyImport(ctx, imp, target, name === undefined)
     await applyOwnership(target, spec)
+    for (const d of baseDirs) {
+      await lchown(join(root, d.path), d.uid, d.gid)
+      await chmod(join(root, d.path), d.mode)
+    }
   })
   return id
 }

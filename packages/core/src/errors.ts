@@ -2,6 +2,7 @@
 export const ERROR_CODES = [
   'USAGE',
   'STACKERFILE',
+  'DOCKERFILE',
   'SUBSTITUTION',
   'DEPENDENCY',
   'OCI_LAYOUT',
