@@ -51,6 +51,8 @@ const SIZE = QUICK
   : { stepBytes: 50 * MB, w3: 1024 * MB, w5: 120 * MB, rss: 2048 * MB }
 
 const say = (s) => process.stderr.write(`bench: ${s}\n`)
+// Read once, before any workload runs: what the results say the CLI was.
+const CLI_FORM = await cliForm()
 
 // ---------------------------------------------------------------- tools and measurement
 
@@ -746,19 +748,12 @@ function version(cmd) {
   }
 }
 
-/** Whether bin/stacker runs the bundle (the same check it makes). */
-function cliForm() {
-  const app = join(ROOT, 'apps/stacker')
-  try {
-    const inputs = JSON.parse(readFileSync(join(app, 'dist/bundle/inputs.json'), 'utf8'))
-    for (const [file, size, mtime] of inputs) {
-      const st = statSync(join(app, file))
-      if (st.size !== size || Math.round(st.mtimeMs) !== mtime) return 'unbundled (dist/bundle is stale)'
-    }
-    return 'bundled (apps/stacker/dist/bundle)'
-  } catch {
-    return 'unbundled (no apps/stacker/dist/bundle)'
-  }
+/** Whether bin/stacker runs the bundle (the launcher's own check). */
+async function cliForm() {
+  const { bundleIsCurrent } = await import(join(ROOT, 'apps/stacker/dist/launcher.js'))
+  return bundleIsCurrent()
+    ? 'bundled (apps/stacker/dist/bundle)'
+    : 'unbundled (apps/stacker/dist/bundle is missing or stale)'
 }
 
 function loadAvg() {
@@ -773,7 +768,7 @@ function machine() {
     `- CPU: ${cpu[0]?.model ?? '?'} x ${cpu.length}`,
     `- memory: ${(totalmem() / 1024 ** 3).toFixed(1)} GiB`,
     `- kernel: ${sh('uname -sr').trim()}; filesystem of bench/.work: ${sh(`findmnt -no FSTYPE -T '${WORK}' || stat -f -c %T '${WORK}'`).trim()}`,
-    `- stacker CLI: ${cliForm()}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
+    `- stacker CLI: ${CLI_FORM}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
     `- load average at the end: ${loadAvg()}`,
     `- node ${process.version}; ${version('umoci --version')}; ${version('buildah --version')}; ${version('mksquashfs -version')}; ${version('pigz --version')}; ${version('zstd --version')}`,
   ].join('\n')
