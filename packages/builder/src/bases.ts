@@ -3,7 +3,7 @@ import { mkdir, rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { StackerError, pathExists } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { fsImageContentId, registerFsImage } from './fs-contents.js'
+import { contentIdForBlob, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
 import { parseSource, type Layer } from '@stacker/stackerfile'
 import { builtIdentity, openChain, type BuildContext, type BuiltLayer } from './context.js'
@@ -29,11 +29,6 @@ export interface ResolvedBase {
   image?: BaseImage
   /** For `tar` bases: the tarball to unpack into the layer's own diff. */
   tarball?: string
-}
-
-export function contentIdForBlob(d: Descriptor): string {
-  if (layerKind(d.mediaType) !== 'tar') return fsImageContentId(d)
-  return `sha256_${d.digest.slice(d.digest.indexOf(':') + 1)}`
 }
 
 export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<ResolvedBase> {

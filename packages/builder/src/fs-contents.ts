@@ -2,7 +2,7 @@ import { link, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { atomicWriteFile, onCleanup, StackerError, type Logger, pathExists } from '@stacker/core'
 import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/layers'
-import { Annotations, type Descriptor, type OciLayout } from '@stacker/oci'
+import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
 import { copyTree } from './util.js'
@@ -18,6 +18,13 @@ interface FsImageRecord {
   verityRootHash?: string
   /** Set when the content was extracted (no mount): nothing to open any more. */
   extracted?: boolean
+}
+
+/** The content id of a base layer blob: tar layers are extracted into `sha256_<hex>`, squashfs and
+ *  erofs ones are opened in place as `fsimg_<hex>`. */
+export function contentIdForBlob(d: Descriptor): string {
+  if (layerKind(d.mediaType) !== 'tar') return fsImageContentId(d)
+  return `sha256_${d.digest.slice(d.digest.indexOf(':') + 1)}`
 }
 
 export function fsImageContentId(d: Descriptor): string {

@@ -4,7 +4,8 @@ import { StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
 import { parseImageRef, pullImage, RegistryClient, sourceAnnotation } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
-import { contentIdForBlob, type BaseImage } from './bases.js'
+import type { BaseImage } from './bases.js'
+import { contentIdForBlob } from './fs-contents.js'
 import type { BuildContext } from './context.js'
 
 /** Pulls a `docker://` base into `<stacker-dir>/layer-bases/oci`, cached by manifest digest: blobs

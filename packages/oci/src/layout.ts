@@ -19,15 +19,9 @@ import {
   pathExists,
   isErrno,
 } from '@stacker/core'
-import {
-  type BlobInfo,
-  type BlobWriter,
-  checkExpected,
-  type ExpectedBlob,
-  LayoutBlobWriter,
-  TEMP_DIR,
-} from './blob-writer.js'
+import { type BlobInfo, type BlobWriter, checkExpected, type ExpectedBlob, LayoutBlobWriter } from './blob-writer.js'
 import { Annotations, isIndexMediaType, isManifestMediaType, MediaTypes } from './media-types.js'
+import { collectGarbage } from './gc.js'
 import { hostPlatform, platformMatches } from './platform.js'
 import { goQuote, validateRefName } from './ref-name.js'
 import { holdDigest, type LayoutState, layoutState } from './state.js'
@@ -73,9 +67,6 @@ export interface WriteImageOptions {
 
 const LAYOUT_FILE = 'oci-layout'
 const INDEX_FILE = 'index.json'
-const ROOT_TEMP_RE = /^\.(index\.json|oci-layout)\.tmp-(\d+)-[0-9a-f]+$/
-const TEMP_FILE_RE = /^blob-(\d+)-[0-9a-f]+$/
-const HEX_LEN: Readonly<Record<string, number>> = { sha256: 64, sha512: 128 }
 
 /**
  * An OCI image layout on disk (image-spec "OCI Image Layout"): a content-addressed blob store plus
@@ -410,94 +401,12 @@ export class OciLayout {
   async gc(opts: GcOptions = {}): Promise<GcResult> {
     return this.#state.indexLock.run(() =>
       this.#state.blobLock.run(async () => {
-        const reachable = await this.#reachable(opts.keep ?? [])
-        const removed: Digest[] = []
-        const blobsDir = join(this.dir, 'blobs')
-        for (const alg of await readdirOrEmpty(blobsDir)) {
-          const len = HEX_LEN[alg]
-          if (len === undefined) continue
-          for (const name of await readdirOrEmpty(join(blobsDir, alg))) {
-            const d = `${alg}:${name}`
-            if (name.length !== len || !isDigest(d)) continue
-            if (reachable.has(d) || this.#state.digests.has(d)) continue
-            await rm(join(blobsDir, alg, name), { force: true })
-            removed.push(d)
-          }
-        }
-        const temp = await this.#removeStaleTemps()
-        removed.sort()
-        if (removed.length > 0 || temp.length > 0) {
-          this.#logger.debug(`gc removed ${removed.length} blobs and ${temp.length} temp files from ${this.dir}`)
-        }
-        return { removed, temp }
+        const r = await collectGarbage(this, this.#state, opts.keep ?? [])
+        if (r.removed.length > 0 || r.temp.length > 0)
+          this.#logger.debug(`gc removed ${r.removed.length} blobs and ${r.temp.length} temp files from ${this.dir}`)
+        return r
       }),
     )
-  }
-
-  async #reachable(keep: Digest[]): Promise<Set<string>> {
-    const index = await this.readIndex()
-    const seen = new Set<string>()
-    const queue: Array<{ digest: string; mediaType?: string }> = [
-      ...index.manifests,
-      ...keep.map((digest) => ({ digest })),
-    ]
-    if (index.subject) queue.push(index.subject)
-    while (queue.length > 0) {
-      const d = queue.pop()!
-      if (!isDigest(d.digest) || seen.has(d.digest)) continue
-      seen.add(d.digest)
-      const mayHaveChildren =
-        d.mediaType === undefined || isManifestMediaType(d.mediaType) || isIndexMediaType(d.mediaType)
-      if (!mayHaveChildren || !(await this.hasBlob(d.digest))) continue
-      let doc: Record<string, unknown>
-      if (d.mediaType === undefined) {
-        // A `keep` digest of unknown type: follow it only if it parses as JSON.
-        try {
-          doc = JSON.parse((await this.readBlob(d.digest)).toString('utf8')) as Record<string, unknown>
-        } catch (e) {
-          if (e instanceof StackerError) throw e
-          continue
-        }
-        if (typeof doc !== 'object' || doc === null) continue
-      } else {
-        doc = await this.readJson<Record<string, unknown>>(d.digest)
-      }
-      for (const key of ['config', 'subject'] as const) {
-        const child = doc[key] as Descriptor | undefined
-        if (child && typeof child === 'object' && typeof child.digest === 'string') queue.push(child)
-      }
-      for (const key of ['layers', 'manifests', 'blobs'] as const) {
-        const list = doc[key]
-        if (!Array.isArray(list)) continue
-        for (const child of list as Descriptor[]) {
-          if (child && typeof child === 'object' && typeof child.digest === 'string') queue.push(child)
-        }
-      }
-    }
-    return seen
-  }
-
-  async #removeStaleTemps(): Promise<string[]> {
-    const removed: string[] = []
-    const tmpDir = join(this.dir, TEMP_DIR)
-    for (const name of await readdirOrEmpty(tmpDir)) {
-      const path = join(tmpDir, name)
-      if (this.#state.tempFiles.has(path)) continue
-      const pid = Number(TEMP_FILE_RE.exec(name)?.[1] ?? Number.NaN)
-      if (pid !== process.pid && pidAlive(pid)) continue
-      await rm(path, { recursive: true, force: true })
-      removed.push(path)
-    }
-    // Crashed index.json/oci-layout replacements; ours can't be live because we hold the index lock.
-    for (const name of await readdirOrEmpty(this.dir)) {
-      const m = ROOT_TEMP_RE.exec(name)
-      if (!m) continue
-      const pid = Number(m[2])
-      if (pid !== process.pid && pidAlive(pid)) continue
-      await rm(join(this.dir, name), { force: true })
-      removed.push(join(this.dir, name))
-    }
-    return removed.sort()
   }
 
   #pickPlatform(ref: string, index: ImageIndex, wanted: Platform): Descriptor {
@@ -551,25 +460,6 @@ async function statOrUndefined(path: string) {
   } catch (e) {
     if (isErrno(e, 'ENOENT')) return undefined
     throw e
-  }
-}
-
-async function readdirOrEmpty(dir: string): Promise<string[]> {
-  try {
-    return (await readdir(dir)).sort()
-  } catch (e) {
-    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return []
-    throw e
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return isErrno(e, 'EPERM')
   }
 }
 
