@@ -5,7 +5,7 @@ import { type FileHandle, access, mkdir, mkdtemp, open, readFile, rm, stat, writ
 import { constants as osConstants } from 'node:os'
 import { delimiter, join, posix, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { type Logger, StackerError, onCleanup, silentLogger } from '@stacker/core'
+import { type Logger, StackerError, onCleanup, runningInUserNamespace, silentLogger } from '@stacker/core'
 import { execa } from './execa.js'
 import type { BindMount } from './bind.js'
 import { execHelper } from './exec-helper.js'
@@ -123,6 +123,7 @@ export async function runContainer(opts: RunOptions): Promise<RunResult> {
       nofile: await nofileLimit(),
       capabilities: await grantableCapabilities(logger),
       extraMounts,
+      inUserNamespace: runningInUserNamespace(),
     })
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2))
     throwIfAborted(opts.signal)

@@ -2,7 +2,7 @@ import { constants } from 'node:fs'
 import { access, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Logger, onCleanup, StackerError, silentLogger } from '@stacker/core'
+import { type Logger, onCleanup, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
 import { run } from './exec.js'
 import { type FsImageKind, requireFsImageKind } from './media-types.js'
 import { fsImageDataSize } from './superblock.js'
@@ -130,10 +130,14 @@ async function extractInto(blobPath: string, target: string, kind: FsImageKind):
     await run('unsquashfs', ['-no-progress', '-quiet', '-d', target, blobPath], { code: 'EXTRACT' })
     return
   }
-  if (process.getuid?.() !== 0) {
-    throw new StackerError('UNSUPPORTED', `extracting erofs layer ${blobPath} needs root (a kernel mount)`, {
-      hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used',
-    })
+  if (process.getuid?.() !== 0 || runningInUserNamespace()) {
+    throw new StackerError(
+      'UNSUPPORTED',
+      `extracting erofs layer ${blobPath} needs root (a kernel mount, which the kernel refuses in a user namespace)`,
+      {
+        hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used; give unprivileged builds squashfs or tar bases, or build as root',
+      },
+    )
   }
   const mnt = await mkdtemp(join(tmpdir(), 'stacker-erofs-'))
   const unregister = onCleanup(() => unmount(mnt, 'kmount').finally(() => rmdir(mnt)))
@@ -164,7 +168,11 @@ async function squashfuse(blobPath: string, dir: string): Promise<void> {
 
 /** Why a method cannot be tried here, or undefined if it can. */
 async function unavailable(method: OpenMethod, kind: FsImageKind): Promise<string | undefined> {
-  if (method === 'kmount') return process.getuid?.() === 0 ? undefined : 'not root'
+  if (method === 'kmount') {
+    if (process.getuid?.() !== 0) return 'not root'
+    // squashfs and erofs are block filesystems: the kernel mounts them for the initial namespace only.
+    return runningInUserNamespace() ? 'in a user namespace' : undefined
+  }
   if (method === 'squashfuse') {
     if (kind !== 'squashfs') return `squashfuse cannot read ${kind}`
     return (await fuseWorks()) ? undefined : '/dev/fuse is not usable'
