@@ -1,4 +1,4 @@
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa } from 'execa'
@@ -74,12 +74,21 @@ describe('stacker CLI', () => {
     )
   })
 
-  it('says plainly that convert and unpriv-setup are not implemented', async () => {
-    for (const c of ['convert', 'unpriv-setup']) {
-      const r = await stacker([c])
-      expect(r.exitCode).toBe(1)
-      expect(r.stderr).toMatch(/^error: .*not implemented/)
-    }
+  it('says plainly that convert is not implemented', async () => {
+    const r = await stacker(['convert'])
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr).toMatch(/^error: .*not implemented/)
+  })
+
+  it('unpriv-setup names what it lacks, in one line, and changes nothing', async () => {
+    const r = await stacker(['unpriv-setup', '--username', 'no-such-user-here'], { cwd: dir })
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr.trim()).toBe(
+      process.getuid?.() === 0
+        ? 'error: please specify --uid or run unpriv-setup with sudo (no user no-such-user-here in the passwd database)'
+        : 'error: unpriv-setup must be run as root: it edits /etc/subuid and /etc/subgid',
+    )
+    expect(await readdir(dir)).not.toContain('.stacker')
   })
 
   it('a stacker.yaml error is one line with file:line:col, and a stack trace only with --debug', async () => {

@@ -10,3 +10,4 @@ export {
   type BuildWorkspace,
 } from './store.js'
 export { validateContentId } from './names.js'
+export { checkStorageOwner, storageMarkers } from './owner.js'
