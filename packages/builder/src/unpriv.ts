@@ -1,8 +1,9 @@
 import { constants as fsConstants } from 'node:fs'
-import { chown, lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, statfs } from 'node:fs/promises'
-import { join } from 'node:path'
+import { lchown, lstat, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir, statfs } from 'node:fs/promises'
+import { dirname, join } from 'node:path'
 import { execa } from 'execa'
 import { type Logger, StackerError } from '@stacker/core'
+import { OciLayout } from '@stacker/oci'
 import { checkStorageOwner } from '@stacker/overlay'
 import {
   allocateSubordinateRange,
@@ -101,10 +102,21 @@ async function ensureRange(file: string, user: Required<NamespaceUser>, ownId: n
   logger.info(`added ${line.trim()} to ${file}`)
 }
 
-/** Creates `dir` for the user, or checks that it is the user's already. A dir of someone else is
- *  left alone unless empty (handing over a tree of another user's files would change what its
- *  layers hold). */
-async function ensureDir(dir: string, user: Required<NamespaceUser>, logger: Logger): Promise<void> {
+/** Gives `path` and everything below it to the user. */
+async function chownTree(path: string, uid: number, gid: number): Promise<void> {
+  await lchown(path, uid, gid)
+  if ((await lstat(path)).isDirectory()) for (const e of await readdir(path)) await chownTree(join(path, e), uid, gid)
+}
+
+/** Creates `dir` for the user (with `init` filling it), or checks that it is the user's already.
+ *  A dir of someone else is left alone unless empty (handing over a tree of another user's files
+ *  would change what its layers hold). */
+async function ensureDir(
+  dir: string,
+  user: Required<NamespaceUser>,
+  logger: Logger,
+  init?: (dir: string) => Promise<void>,
+): Promise<void> {
   let st: Awaited<ReturnType<typeof lstat>> | undefined
   try {
     st = await lstat(dir)
@@ -120,8 +132,13 @@ async function ensureDir(dir: string, user: Required<NamespaceUser>, logger: Log
     throw new StackerError('USAGE', `stacker dir ${dir} already exists, aborting setup`, {
       hint: `it belongs to uid ${st.uid} and is not empty: run \`stacker clean\` there as that user first`,
     })
-  await mkdir(dir, { recursive: true })
-  await chown(dir, user.uid, user.gid)
+  if (init) {
+    // What init makes must not find anything of the old owner's in its way.
+    if (st) await rmdir(dir)
+    await mkdir(dirname(dir), { recursive: true })
+    await init(dir)
+  } else await mkdir(dir, { recursive: true })
+  await chownTree(dir, user.uid, user.gid)
   logger.info(`${st ? 'handed' : 'created'} ${dir} to ${user.name} (${user.uid}:${user.gid})`)
 }
 
@@ -139,7 +156,12 @@ export async function unprivSetup(o: UnprivSetupOptions): Promise<void> {
   await checkStorageOwner({ stackerDir, rootsDir }, user.uid)
   await ensureRange(o.subuidFile ?? SUBUID_FILE, user, user.uid, o.logger)
   await ensureRange(o.subgidFile ?? SUBGID_FILE, user, user.gid, o.logger)
-  for (const dir of [stackerDir, rootsDir, ociDir]) await ensureDir(dir, user, o.logger)
+  await ensureDir(stackerDir, user, o.logger)
+  await ensureDir(rootsDir, user, o.logger)
+  // An empty OCI layout: a plain empty dir is not one, and builds refuse to write into that.
+  await ensureDir(ociDir, user, o.logger, async (dir) => {
+    await OciLayout.open(dir, { create: true })
+  })
   o.logger.info(`${user.name} can build here without root: run stacker as ${user.name}`)
 }
 

@@ -93,7 +93,9 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
     unregister()
   }
   if (created) await rmdir(dir).catch(() => {})
-  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})`, {
+  // The last method is the one of last resort: why it failed is what the user can act on.
+  const last = failures.length > 0 ? `: ${failures[failures.length - 1]}` : ''
+  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})${last}`, {
     hint: failures.length > 0 ? failures.join('; ') : 'no method in the policy is available here',
   })
 }
