@@ -97,6 +97,19 @@ fromsq:
     echo ok > /fromsq
 `
 
+const SLOW_YAML = `
+slow:
+  from:
+    type: oci
+    url: busybox:latest
+  binds:
+    - marks -> /marks
+  run: |
+    touch /marks/started-\${{ROUND}}
+    sleep \${{NAP}}
+    echo \${{ROUND}} > /round
+`
+
 const LAYER_TYPES = ['--layer-type', 'tar', '--layer-type', 'squashfs', '--layer-type', 'erofs']
 
 describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)', () => {
@@ -356,21 +369,9 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     expect(errors[0]).toContain('owner 70000:70000 is outside the ids this user namespace maps')
   })
 
-  it('survives SIGKILL mid-build: the next build succeeds and nothing of the killed one stays', async () => {
-    const p = await userProject({
-      'slow.yaml': `
-slow:
-  from:
-    type: oci
-    url: busybox:latest
-  binds:
-    - marks -> /marks
-  run: |
-    touch /marks/started-\${{ROUND}}
-    sleep \${{NAP}}
-    echo \${{ROUND}} > /round
-`,
-    })
+  /** A project whose build naps in its step after leaving a mark; args(round, nap) builds it. */
+  async function slowProject(): Promise<{ p: TempProject; args: (round: number, nap: number) => string[] }> {
+    const p = await userProject({ 'slow.yaml': SLOW_YAML })
     await mkdir(p.path('marks'))
     await execa('chown', [`${user.uid}:${user.gid}`, p.path('marks')])
     const args = (round: number, nap: number) => [
@@ -382,12 +383,23 @@ slow:
       '--substitute',
       `NAP=${nap}`,
     ]
-    const killed = startStackerAs(user, args(1, 53), { cwd: p.dir })
-    await waitUntil(async () => existsSync(p.path('marks/started-1')), {
-      what: 'the step of the build to kill',
+    return { p, args }
+  }
+
+  async function startAndWait(p: TempProject, args: string[], round: number) {
+    const running = startStackerAs(user, args, { cwd: p.dir })
+    await waitUntil(async () => existsSync(p.path(`marks/started-${round}`)), {
+      what: 'the step of the build to stop',
       timeoutMs: 120_000,
-      gaveUp: () => (killed.exitCode === null ? undefined : `stacker exited ${killed.exitCode}`),
+      gaveUp: () => (running.exitCode === null ? undefined : `stacker exited ${running.exitCode}`),
     })
+    // Wrapped: an async function would wait for the (thenable) process itself.
+    return { running }
+  }
+
+  it('survives SIGKILL mid-build: the next build succeeds and nothing of the killed one stays', async () => {
+    const { p, args } = await slowProject()
+    const { running: killed } = await startAndWait(p, args(1, 53), 1)
     killed.kill('SIGKILL')
     const k = await killed
     expect(k.signal).toBe('SIGKILL')
@@ -403,6 +415,22 @@ slow:
       timeoutMs: 30_000,
     })
     assertNoMountsUnder(p.dir)
+  })
+
+  it('passes SIGTERM on to the namespace, which stops the build, cleans up and reports once', async () => {
+    const { p, args } = await slowProject()
+    const { running: stopped } = await startAndWait(p, args(1, 59), 1)
+    stopped.kill('SIGTERM')
+    const r = await stopped
+    expect(r.exitCode).toBe(143)
+    expect(
+      String(r.stderr)
+        .split('\n')
+        .filter((l) => l.startsWith('error:')),
+    ).toEqual(['error: interrupted by SIGTERM'])
+    // It exits only once the namespace's process has unwound: nothing of the build is left.
+    expect(await processesOf(await userIds())).toEqual([])
+    expectOk(await asUser(p, args(2, 0)))
   })
 
   it('without subordinate ids or newuidmap, says what to do; check reports each requirement', async () => {
