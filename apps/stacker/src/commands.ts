@@ -126,15 +126,20 @@ function loginName(): string | undefined {
 async function prepareStorageCommand(ctx: CommandContext, cmd: Command): Promise<void> {
   if (ctx.flags.internalUserns || !usesStorage(cmd)) return
   const euid = process.geteuid?.() ?? 0
+  // Only what these checks need: the builder loads in the namespace's process.
+  const [{ checkStorageOwner }, { resolveDirs }] = await Promise.all([
+    import('@stacker/overlay'),
+    import('./settings.js'),
+  ])
   if (!(euid === 0 && cmd.name() === 'clean')) {
-    await B.checkStorageOwner(S.resolveDirs(ctx.flags), euid, { userName: loginName() })
+    await checkStorageOwner(resolveDirs(ctx.flags), euid, { userName: loginName() })
   }
   if (euid !== 0) throw new ChildExited(await runInUserNamespace(ctx.argv))
 }
 
 export function registerCommands(program: Command, ctx: () => CommandContext): void {
-  program.hook('preAction', loadModules)
   program.hook('preAction', (_program, cmd) => prepareStorageCommand(ctx(), cmd))
+  program.hook('preAction', loadModules)
   addBuildFlags(
     program
       .command('build')

@@ -35,7 +35,8 @@ export const delegate: { child: ChildProcess | undefined } = { child: undefined 
  * Throws the actionable error when the user cannot have a namespace.
  */
 export async function runInUserNamespace(argv: readonly string[]): Promise<number> {
-  const { userNamespaceInvocation } = await import('@stacker/builder')
+  const { userNamespaceCommand, userNamespaceMapping } = await import('@stacker/runtime')
+  const mapping = await userNamespaceMapping()
   const script = process.argv[1]
   if (script === undefined) throw new StackerError('INTERNAL', 'cannot tell which script to run again')
   const env = { ...process.env }
@@ -45,7 +46,7 @@ export async function runInUserNamespace(argv: readonly string[]): Promise<numbe
     env.STACKER_EXTRA_CA_CERTS = env.NODE_EXTRA_CA_CERTS
     delete env.NODE_EXTRA_CA_CERTS
   }
-  const cmd = await userNamespaceInvocation([
+  const cmd = userNamespaceCommand(mapping, [
     process.execPath,
     ...process.execArgv,
     script,

@@ -165,13 +165,6 @@ export async function unprivSetup(o: UnprivSetupOptions): Promise<void> {
   o.logger.info(`${user.name} can build here without root: run stacker as ${user.name}`)
 }
 
-/** The command line that runs `argv` as uid 0 of a user namespace for the user this process runs
- *  as (see userNamespaceCommand). Throws the actionable error when the user cannot have one: no
- *  newuidmap/newgidmap, or no subordinate ids. */
-export async function userNamespaceInvocation(argv: readonly string[]): Promise<string[]> {
-  return userNamespaceCommand(await userNamespaceMapping(), argv)
-}
-
 /** One requirement of unprivileged builds, as `stacker check` reports it. */
 export interface Requirement {
   what: string
