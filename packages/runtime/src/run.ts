@@ -206,7 +206,17 @@ class ContainerControl {
 
   async run(a: RunArgs): Promise<RunResult> {
     const log = join(a.bundle, 'runc.log')
-    const argv = ['--root', this.stateDir, '--log', log, '--log-format', 'json', 'run', '--bundle', a.bundle, this.id]
+    const argv = [
+      ...runcGlobals(this.stateDir),
+      '--log',
+      log,
+      '--log-format',
+      'json',
+      'run',
+      '--bundle',
+      a.bundle,
+      this.id,
+    ]
     this.exited = false
     if (a.helperFd !== undefined) argv.splice(argv.length - 1, 0, '--preserve-fds', '1')
     // In the foreground runc copies the container's stdout and stderr through pipes of its own;
@@ -294,8 +304,15 @@ class ContainerControl {
   }
 
   private runcCmd(args: string[]) {
-    return execa(this.runc, ['--root', this.stateDir, ...args], { stdin: 'ignore' })
+    return execa(this.runc, [...runcGlobals(this.stateDir), ...args], { stdin: 'ignore' })
   }
+}
+
+/** runc's global flags for a state dir. In a user namespace (an unprivileged build) runc is told
+ *  it is rootless, which it would otherwise guess: it then creates cgroups only where it may and
+ *  leaves device rules to the namespace. */
+export function runcGlobals(stateDir: string): string[] {
+  return ['--root', stateDir, ...(runningInUserNamespace() ? ['--rootless', 'true'] : [])]
 }
 
 /** runc's own error, if it logged one: the container never ran (bad spec, exec failure). */
