@@ -97,6 +97,23 @@ fromsq:
     echo ok > /fromsq
 `
 
+// More builds on squashfs bases, each in a process of its own.
+const LATER_YAML = `
+later:
+  from:
+    type: oci
+    url: oci:top-squashfs
+  run: |
+    [ -f /top ] && echo "later: top is here"
+`
+
+const BAD_YAML = `
+bad:
+  from:
+    type: oci
+    url: bad:caps-squashfs
+`
+
 const SLOW_YAML = `
 slow:
   from:
@@ -133,6 +150,8 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
       'imported.txt': 'imported\n',
       'dest-file.txt': 'dest\n',
       'caps.tar.gz': capsTar,
+      'later.yaml': LATER_YAML,
+      'bad.yaml': BAD_YAML,
       ...extra,
     }
   }
@@ -240,6 +259,24 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     const again = expectOk(await asUser(mine, build))
     for (const name of ['base', 'top', 'caps']) expect(again.stderr).toContain(`found cached layer ${name}`)
     expect(await tagDigests(mine.path('oci'))).toEqual(userTags)
+
+    // A later build on the same squashfs base, in a process of its own, finds the extracted
+    // content still there (the end of the first process once emptied it).
+    const later = expectOk(await asUser(mine, ['build', '-f', 'later.yaml']))
+    expect(later.stdout).toContain('later: top is here')
+
+    // A corrupt copy of a base blob is refused and leaves nothing behind that would fail later builds.
+    await execa('cp', ['-a', mine.path('oci'), mine.path('bad')])
+    const blob = blobPath(mine.path('bad'), await lastLayer(mine.path('bad'), 'caps-squashfs'))
+    const bytes = await readFile(blob)
+    bytes[100] = (bytes[100] as number) ^ 0xff
+    await writeFile(blob, bytes)
+    const bad = await asUser(mine, ['build', '-f', 'bad.yaml'])
+    expect(bad.exitCode).toBe(1)
+    expect(bad.stderr).toMatch(/^error: blob sha256:[0-9a-f]{64} is corrupt: .* has digest sha256:[0-9a-f]{64}$/m)
+    await execa('rm', ['-rf', mine.path('bad')])
+    await execa('cp', ['-a', mine.path('oci'), mine.path('bad')])
+    expectOk(await asUser(mine, ['build', '-f', 'bad.yaml']))
   })
 
   it('keeps ownership, setuid bits, xattrs and whiteouts in tar and squashfs layers', async () => {
@@ -283,6 +320,14 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     // squashfs layers hold whiteouts as overlayfs does: 0:0 character devices.
     expect(baseSq?.get('/etc/group')).toMatchObject({ type: 'character-device', major: 0, minor: 0 })
     expect(midSq?.get('/root-file')).toMatchObject({ type: 'character-device', major: 0, minor: 0 })
+
+    // Verity still guards a squashfs base read without a kernel mount: a root hash that does not
+    // match the image fails before anything is extracted.
+    await execa('cp', ['-a', oci, p.path('bad')])
+    await setVerityRootHash(p.path('bad'), 'caps-squashfs', 'ab'.repeat(32))
+    const bad = await asUser(p, ['build', '-f', 'bad.yaml'])
+    expect(bad.exitCode).toBe(1)
+    expect(bad.stderr).toMatch(/^error: invalid root hash (ab){32} for .*: verification failed$/m)
   })
 
   it('publishes, chroots, grabs, inspects and cleans as the user', async () => {
@@ -479,6 +524,35 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     }
   })
 })
+
+/** The digest of the top layer of `tag`. */
+async function lastLayer(layout: string, tag: string): Promise<string> {
+  const layers = (await readManifest(layout, tag)).layers
+  return (layers[layers.length - 1] as { digest: string }).digest
+}
+
+const VERITY_ANNOTATION = 'io.stackeroci.stacker.atomfs_verity_root_hash'
+
+/** Rewrites `tag` in `layout` (as root, keeping owners) so that its top layer claims `hash` as its
+ *  verity root hash: a new manifest blob, and the index pointing at it. */
+async function setVerityRootHash(layout: string, tag: string, hash: string): Promise<void> {
+  const index = await readIndex(layout)
+  const entry = index.manifests.find((m) => m.annotations?.[REF_NAME] === tag)
+  if (!entry) throw new Error(`no ${tag} in ${layout}`)
+  const manifest = JSON.parse(await readFile(blobPath(layout, entry.digest), 'utf8')) as {
+    layers: Array<{ annotations?: Record<string, string> }>
+  }
+  const top = manifest.layers[manifest.layers.length - 1] as { annotations?: Record<string, string> }
+  if (!top.annotations?.[VERITY_ANNOTATION]) throw new Error(`${tag} has no verity annotation`)
+  top.annotations[VERITY_ANNOTATION] = hash
+  const body = Buffer.from(JSON.stringify(manifest))
+  const digest = `sha256:${createHash('sha256').update(body).digest('hex')}`
+  const owner = await lstat(blobPath(layout, entry.digest))
+  await writeFile(blobPath(layout, digest), body)
+  await execa('chown', [`${owner.uid}:${owner.gid}`, blobPath(layout, digest)])
+  Object.assign(entry, { digest, size: body.length })
+  await writeFile(join(layout, 'index.json'), JSON.stringify(index))
+}
 
 /** A gzip tarball (GNU tar, root-owned, sorted, fixed times) whose files carry xattrs: a file with
  *  user.note and security.capability, a dir with user.dirnote, and a file owned by 1000. */

@@ -36,6 +36,9 @@ export interface MountedFsImage {
    *  target dir if openFsImage created it, else leaves it empty. Idempotent; also run by core's
    *  runCleanups if the process is interrupted while the image is held. */
   release(): Promise<void>
+  /** Lets go of the image without undoing anything: an extracted tree stays as a plain directory
+   *  (a mount stays mounted), and neither release() nor runCleanups touches it any more. */
+  keep(): void
 }
 
 export interface OpenFsImageOptions {
@@ -242,7 +245,11 @@ function held(
     return releasing
   }
   const unregister = onCleanup(release)
-  return { dir, method, release }
+  const keep = (): void => {
+    unregister()
+    releasing ??= Promise.resolve()
+  }
+  return { dir, method, release, keep }
 }
 
 /** Unmounts `dir` if it is a mount point; a no-op otherwise, so it can be retried. */
