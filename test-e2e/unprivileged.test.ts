@@ -501,6 +501,15 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
       expect(badLines).toContain('newuidmap: ok (/usr/bin/newuidmap, setuid-root)')
       expect(badLines.at(-1)).toMatch(/^error: no idmap and not root: .*subordinate ids in \/etc\/subuid/)
 
+      // With ids but in a dir it may not write, the user is told to run unpriv-setup there.
+      const q = await withBase(await project(files()))
+      await chmod(q.dir, 0o755)
+      const notMine = await stackerAs(user, ['build'], { cwd: q.dir })
+      expect(notMine.exitCode).toBe(1)
+      expect(notMine.stderr.trim()).toBe(
+        `error: ${q.dir} is not writable by ${user.name}, so ${q.path('.stacker')} cannot be used: as root, run \`stacker unpriv-setup --username ${user.name}\` there (or choose dirs ${user.name} owns)`,
+      )
+
       expectOk(await stacker(['unpriv-setup', '--username', other.name], { cwd: p.dir }))
       const good = expectOk(await stackerAs(other, ['check'], { cwd: p.dir }))
       const lines = good.stderr.trim().split('\n')

@@ -131,10 +131,38 @@ async function prepareStorageCommand(ctx: CommandContext, cmd: Command): Promise
     import('@stacker/overlay'),
     import('./settings.js'),
   ])
+  const dirs = resolveDirs(ctx.flags)
   if (!(euid === 0 && cmd.name() === 'clean')) {
-    await checkStorageOwner(resolveDirs(ctx.flags), euid, { userName: loginName() })
+    await checkStorageOwner(dirs, euid, { userName: loginName() })
   }
-  if (euid !== 0) throw new ChildExited(await runInUserNamespace(ctx.argv))
+  if (euid === 0) return
+  for (const dir of [dirs.stackerDir, dirs.rootsDir, dirs.ociDir]) await requireWritable(dir)
+  throw new ChildExited(await runInUserNamespace(ctx.argv))
+}
+
+/** The namespace's root is the user on the host: a dir the user cannot make or write is no more
+ *  writable there, and the way out is unpriv-setup. */
+async function requireWritable(dir: string): Promise<void> {
+  const { access, constants } = await import('node:fs/promises')
+  const { dirname } = await import('node:path')
+  let at = dir
+  for (;;) {
+    try {
+      await access(at, constants.W_OK | constants.X_OK)
+      return
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' && dirname(at) !== at) {
+        at = dirname(at)
+        continue
+      }
+      const user = loginName() ?? `uid ${process.geteuid?.()}`
+      throw new StackerError(
+        'USAGE',
+        `${at} is not writable by ${user}, so ${dir} cannot be used: as root, run \`stacker unpriv-setup --username ${user}\` there (or choose dirs ${user} owns)`,
+      )
+    }
+  }
 }
 
 export function registerCommands(program: Command, ctx: () => CommandContext): void {
