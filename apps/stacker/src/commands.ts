@@ -110,11 +110,6 @@ async function searchFiles(dir: string | undefined, pattern: string | undefined)
   return dir !== undefined && !isAbsolute(dir) ? files.map((f) => relative(process.cwd(), f)) : files
 }
 
-/**
- * Before a command that uses the roots dir: refuses dirs another user's runs made (root cleaning
- * them excepted), then, for an ordinary user, runs the command in a user namespace instead of here
- * (ChildExited carries its status). Not again inside that namespace.
- */
 function loginName(): string | undefined {
   try {
     return userInfo().username
@@ -123,6 +118,11 @@ function loginName(): string | undefined {
   }
 }
 
+/**
+ * Before a command that uses the roots dir: refuses dirs another user's runs made (root cleaning
+ * them excepted), then, for an ordinary user, runs the command in a user namespace instead of here
+ * (ChildExited carries its status). Not again inside that namespace.
+ */
 async function prepareStorageCommand(ctx: CommandContext, cmd: Command): Promise<void> {
   if (ctx.flags.internalUserns || !usesStorage(cmd)) return
   const euid = process.geteuid?.() ?? 0
@@ -137,7 +137,7 @@ async function prepareStorageCommand(ctx: CommandContext, cmd: Command): Promise
   }
   if (euid === 0) return
   for (const dir of [dirs.stackerDir, dirs.rootsDir, dirs.ociDir]) await requireWritable(dir)
-  throw new ChildExited(await runInUserNamespace(ctx.argv))
+  throw new ChildExited(await runInUserNamespace(ctx.argv, ctx.signal))
 }
 
 /** The namespace's root is the user on the host: a dir the user cannot make or write is no more

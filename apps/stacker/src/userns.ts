@@ -32,11 +32,14 @@ export const delegate: { child: ChildProcess | undefined } = { child: undefined 
  * (`--internal-userns`, as upstream marks its re-executed child), with the same cwd, environment
  * and stdio, and resolves with its exit status (128+N when signal N ended it). SIGINT, SIGTERM and
  * SIGHUP are passed on (see delegate); killing this process kills it (see userNamespaceCommand).
- * Throws the actionable error when the user cannot have a namespace.
+ * Throws the actionable error when the user cannot have a namespace, INTERRUPTED when `signal`
+ * was aborted before it started.
  */
-export async function runInUserNamespace(argv: readonly string[]): Promise<number> {
+export async function runInUserNamespace(argv: readonly string[], signal?: AbortSignal): Promise<number> {
   const { userNamespaceCommand, userNamespaceMapping } = await import('@stacker/runtime')
   const mapping = await userNamespaceMapping()
+  // Interrupted before it started: nothing to hand the interrupt to, nothing to start.
+  if (signal?.aborted) throw new StackerError('INTERRUPTED', 'interrupted', { cause: signal.reason })
   const script = process.argv[1]
   if (script === undefined) throw new StackerError('INTERNAL', 'cannot tell which script to run again')
   const env = { ...process.env }
