@@ -21,6 +21,7 @@ import {
 } from '@stacker/runtime'
 import type { SessionDirs } from './types.js'
 
+/** What `stacker unpriv-setup` was given, and where it works. */
 export interface UnprivSetupOptions {
   /** The flags as given; unset ones come from SUDO_UID, SUDO_GID and SUDO_USER, then from the
    *  passwd database (a name gives the ids, a uid gives the name and gid). */

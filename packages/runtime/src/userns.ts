@@ -5,8 +5,9 @@ import { delimiter, join } from 'node:path'
 import { getAttributeSync } from '@napi-rs/xattr'
 import { StackerError } from '@stacker/core'
 
-/** Where shadow keeps the subordinate ids a user may map into its user namespaces. */
+/** Where shadow keeps the subordinate uids a user may map into its user namespaces. */
 export const SUBUID_FILE = '/etc/subuid'
+/** Where shadow keeps the subordinate gids, listed by user as well. */
 export const SUBGID_FILE = '/etc/subgid'
 
 /** Ids an unprivileged build maps: the user's own id as 0, then this many subordinate ids as 1..N,
@@ -18,6 +19,7 @@ export const SUBORDINATE_RANGE_SIZE = 65536
 
 const FIRST_SUBORDINATE_ID = 100000
 
+/** `count` ids from `start`. */
 export interface IdRange {
   start: number
   count: number
@@ -102,6 +104,7 @@ export function displayName(user: NamespaceUser): string {
   return user.name ?? String(user.uid)
 }
 
+/** newuidmap or newgidmap as found on this host. */
 export interface IdMapper {
   tool: 'newuidmap' | 'newgidmap'
   /** Where PATH finds it; undefined when it does not. */
@@ -163,6 +166,7 @@ export function pickRange(ranges: readonly IdRange[], user: NamespaceUser, file:
   return best
 }
 
+/** Whose namespace it is and which of its subordinate ranges become ids 1..65535 there. */
 export interface UserNamespaceMapping {
   user: NamespaceUser
   uids: IdRange
