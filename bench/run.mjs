@@ -553,7 +553,7 @@ function benchUser() {
   const user = { name, uid: id('-u'), gid: id('-g') }
   user.as = (argv) => ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', ...argv]
   user.remove = () => {
-    spawnSync('userdel', [name], { stdio: 'ignore' })
+    spawnSync('userdel', ['--force', name], { stdio: 'ignore' })
     for (const f of ['/etc/subuid', '/etc/subgid']) {
       const text = readFileSync(f, 'utf8')
       const kept = text.split('\n').filter((l) => !l.startsWith(`${name}:`))

@@ -28,7 +28,9 @@ export async function createTestUser(): Promise<TestUser> {
   let removed = false
   const remove = async (): Promise<void> => {
     if (removed) return
-    await execa('userdel', [name], { reject: false })
+    // --force: a test that failed half-way may have left a process of the user running (a step of
+    // a killed build); the user must go all the same.
+    await execa('userdel', ['--force', name], { reject: false })
     // userdel drops the subordinate ids it knows of; a line it missed must not outlive the test.
     for (const file of [SUBUID_FILE, SUBGID_FILE]) await removeLines(file, name)
     removed = true
