@@ -533,53 +533,114 @@ async function w4() {
 
 // ---------------------------------------------------------------- W5: copying an import tree in
 
+/**
+ * An ordinary user for the unprivileged rows, set up as upstream documents it (`stacker unpriv-setup`
+ * gives it subordinate ids); `remove()` deletes it and its ids again. Undefined, with a note, when
+ * one cannot be made here.
+ */
+function benchUser() {
+  const name = `stkbench${process.pid}`
+  const r = spawnSync(
+    'useradd',
+    ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', name],
+    {
+      encoding: 'utf8',
+    },
+  )
+  if (r.status !== 0) {
+    notes.push(`no unprivileged row: useradd failed: ${(r.stderr || r.stdout).trim()}`)
+    return undefined
+  }
+  const id = (flag) => Number(sh(`id ${flag} ${name}`).trim())
+  const user = { name, uid: id('-u'), gid: id('-g') }
+  user.as = (argv) => ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', ...argv]
+  user.remove = () => {
+    spawnSync('userdel', ['--force', name], { stdio: 'ignore' })
+    for (const f of ['/etc/subuid', '/etc/subgid']) {
+      const text = readFileSync(f, 'utf8')
+      const kept = text.split('\n').filter((l) => !l.startsWith(`${name}:`))
+      if (kept.length !== text.split('\n').length) writeFileSync(f, kept.join('\n'))
+    }
+  }
+  return user
+}
+
+/** A work dir the user owns, empty, handed over by unpriv-setup as a user would get it. */
+async function userWorkDir(user, dir) {
+  await rm(dir, { recursive: true, force: true })
+  await mkdir(dir, { recursive: true })
+  sh(`chown ${user.uid}:${user.gid} '${dir}' && '${STACKER}' --work-dir '${dir}' unpriv-setup --username ${user.name}`)
+}
+
 async function w5(base) {
   const dir = join(WORK, 'w5')
   const tree = join(dir, 'ctx', 'tree')
   say(`W5: import tree of ${SIZE.w5 / MB} MiB`)
   await makeTree(tree, { bytes: SIZE.w5, bigFile: 4 << 20 })
+  const yaml = (from) =>
+    `w5:\n  from:\n    type: oci\n    url: ${from}:latest\n  imports:\n    - ${tree}\n  run: |\n    mkdir -p /opt\n    cp -a /stacker/imports/tree /opt/tree\n`
   const file = join(dir, 'stacker.yaml')
-  await writeFile(
-    file,
-    `w5:\n  from:\n    type: oci\n    url: ${base}:latest\n  imports:\n    - ${tree}\n  run: |\n    mkdir -p /opt\n    cp -a /stacker/imports/tree /opt/tree\n`,
-  )
+  await writeFile(file, yaml(base))
   await writeFile(join(dir, 'ctx', 'Containerfile'), `FROM ${buildahFrom()}\nCOPY tree /opt/tree\n`)
   const st = join(dir, 'st')
   const L = join(dir, 'umoci', 'layout')
   const B = join(dir, 'umoci', 'bundle')
-  await alternate('W5', [
-    { name: 'stacker', setup: () => stackerClean(st), argv: () => stackerBuild(file, st) },
-    {
-      name: 'umoci path',
-      setup: async () => {
-        await rm(join(dir, 'umoci'), { recursive: true, force: true })
-        await mkdir(join(dir, 'umoci'), { recursive: true })
-        await cp(base, L, { recursive: true })
+  // The unprivileged build reads the same tree, and a copy of the base it can read.
+  const user = benchUser()
+  const ust = join(dir, 'st-user')
+  const ufile = join(dir, 'stacker-user.yaml')
+  if (user) {
+    await rm(join(dir, 'ubase'), { recursive: true, force: true })
+    await cp(base, join(dir, 'ubase'), { recursive: true })
+    await writeFile(ufile, yaml(join(dir, 'ubase')))
+    // The tree becomes the user's, as a user's own import would be: its files can be hard-linked
+    // into the imports dir then (the kernel refuses links to files of others); root links them anyway.
+    sh(`chmod -R a+rX '${join(dir, 'ubase')}' && chmod a+r '${ufile}' && chown -R ${user.uid}:${user.gid} '${tree}'`)
+  }
+  try {
+    await alternate('W5', [
+      { name: 'stacker', setup: () => stackerClean(st), argv: () => stackerBuild(file, st) },
+      {
+        name: 'stacker unprivileged',
+        skip: !user,
+        setup: () => userWorkDir(user, ust),
+        argv: () => user.as(stackerBuild(ufile, ust)),
       },
-      argv: () =>
-        shArgv(
-          `umoci unpack --image ${L}:latest ${B} >/dev/null\nmkdir -p ${B}/rootfs/opt\ncp -a ${tree} ${B}/rootfs/opt/tree\numoci repack --image ${L}:w5 ${B}`,
-        ),
-    },
-    {
-      name: 'buildah bud',
-      skip: !!buildahProblem,
-      setup: resetBuildah,
-      argv: () => [
-        'buildah',
-        ...buildahGlobal(),
-        'bud',
-        '-q',
-        '--layers',
-        '--isolation',
-        'chroot',
-        '-t',
-        'bench-w5',
-        join(dir, 'ctx'),
-      ],
-    },
-  ])
-  await stackerClean(st)
+      {
+        name: 'umoci path',
+        setup: async () => {
+          await rm(join(dir, 'umoci'), { recursive: true, force: true })
+          await mkdir(join(dir, 'umoci'), { recursive: true })
+          await cp(base, L, { recursive: true })
+        },
+        argv: () =>
+          shArgv(
+            `umoci unpack --image ${L}:latest ${B} >/dev/null\nmkdir -p ${B}/rootfs/opt\ncp -a ${tree} ${B}/rootfs/opt/tree\numoci repack --image ${L}:w5 ${B}`,
+          ),
+      },
+      {
+        name: 'buildah bud',
+        skip: !!buildahProblem,
+        setup: resetBuildah,
+        argv: () => [
+          'buildah',
+          ...buildahGlobal(),
+          'bud',
+          '-q',
+          '--layers',
+          '--isolation',
+          'chroot',
+          '-t',
+          'bench-w5',
+          join(dir, 'ctx'),
+        ],
+      },
+    ])
+  } finally {
+    await stackerClean(st)
+    await rm(ust, { recursive: true, force: true })
+    user?.remove()
+  }
 }
 
 // ---------------------------------------------------------------- R: registry push and pull
@@ -687,6 +748,12 @@ function targets() {
     'W5 cold build <= 1.0x the umoci path',
     r(w5),
     ok(w5, (x) => x <= 1.0),
+  )
+  const unpriv = ratio(med('W5', 'stacker unprivileged'), med('W5', 'stacker'))
+  add(
+    'W5 unprivileged cold build <= 1.2x root',
+    r(unpriv),
+    ok(unpriv, (x) => x <= 1.2),
   )
   const noop = med('W2 no-op', 'stacker')
   add(
@@ -871,7 +938,8 @@ ${machine()}
   files): the project's layer writer (\`bench/layer-write.mjs\`) vs \`umoci repack\` and
   \`mksquashfs -comp zstd\` (level 15, upstream's default).
 - **W4** extraction of a ${fmtMiB(SIZE.w3)} single-layer base image (tar+gzip).
-- **W5** a build whose run step copies a ${fmtMiB(SIZE.w5)} import tree into the rootfs.
+- **W5** a build whose run step copies a ${fmtMiB(SIZE.w5)} import tree into the rootfs; also run by an
+  ordinary user (\`stacker unpriv-setup\`, then the build in its user namespace) on the same tree.
 - **R** pushing and pulling a ${QUICK ? '100 MiB' : '1 GiB'} three-layer image (tar+gzip of a tree half random, half text)
   to and from a local docker-registry: the project's registry client (\`bench/registry.mjs\`) vs \`skopeo copy\`.
 - **S** \`stacker --version\` startup, and peak RSS while writing a ${fmtMiB(SIZE.rss)} tar+gzip layer.

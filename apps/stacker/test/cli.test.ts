@@ -1,4 +1,4 @@
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa } from 'execa'
@@ -74,10 +74,15 @@ describe('stacker CLI', () => {
     )
   })
 
-  it('says plainly that unpriv-setup is not implemented', async () => {
-    const r = await stacker(['unpriv-setup'])
+  it('unpriv-setup names what it lacks, in one line, and changes nothing', async () => {
+    const r = await stacker(['unpriv-setup', '--username', 'no-such-user-here'], { cwd: dir })
     expect(r.exitCode).toBe(1)
-    expect(r.stderr).toMatch(/^error: .*not implemented/)
+    expect(r.stderr.trim()).toBe(
+      process.getuid?.() === 0
+        ? 'error: please specify --uid or run unpriv-setup with sudo (no user no-such-user-here in the passwd database)'
+        : 'error: unpriv-setup must be run as root: it edits /etc/subuid and /etc/subgid',
+    )
+    expect(await readdir(dir)).not.toContain('.stacker')
   })
 
   it('convert: upstream flags, the Dockerfile line on an error, a clean error without a Dockerfile', async () => {

@@ -12,6 +12,7 @@ import { bindMounts, layerEnv } from './run.js'
 import { openOutputLayout, openStorage } from './storage.js'
 import type { BuildContext } from './context.js'
 import type { Session } from './types.js'
+import { type Requirement, rootsDirRequirement, unprivilegedRequirements } from './unpriv.js'
 import { copyTree, lastLine } from './util.js'
 
 async function loadForLayer(s: Session, stackerFile: string, substitute: string[]) {
@@ -91,7 +92,9 @@ export async function grab(
         throw new StackerError('NOT_FOUND', `couldn't grab ${path} from ${tag}: no such file or directory`)
       const target = join(o.dest, basename(resolve('/', path)))
       await rm(target, { recursive: true, force: true })
-      await copyTree(src, target)
+      // Owned by whoever grabs it, as upstream's copy inside the container makes it: files of
+      // subordinate ids would be of no use to an unprivileged user.
+      await copyTree(src, target, { ownership: false })
     } finally {
       await snap.release()
     }
@@ -164,7 +167,10 @@ async function which(cmd: string): Promise<boolean> {
   return r.exitCode === 0
 }
 
-/** `stacker check`: the kernel, the roots dir's filesystem, overlay support and the tools stacker runs. */
+/** `stacker check`: the kernel, the roots dir (its filesystem, no symlinks, not NFS), overlay
+ *  support and the tools stacker runs; run by an ordinary user, what unprivileged builds need
+ *  instead of overlay as root (see unprivilegedRequirements). One line per requirement; fails
+ *  with the unmet ones. */
 export async function check(s: Session): Promise<void> {
   const { logger } = s
   const uname = await execa('uname', ['-sr'], { reject: false })
@@ -173,16 +179,30 @@ export async function check(s: Session): Promise<void> {
   await initStorage({ stackerDir, rootsDir, rootsDirArg })
   const fs = await execa('stat', ['-f', '-c', '%T(0x%t)', rootsDir], { reject: false })
   logger.info(`${rootsDir} ${fs.stdout.trim().toUpperCase().replace('0X', '0x')}`)
-  const problems: string[] = []
-  try {
-    await checkOverlay(rootsDir)
-    logger.info('overlay: ok')
-  } catch (e) {
-    problems.push((e as Error).message)
-  }
+  const requirements: Requirement[] = [await rootsDirRequirement(rootsDir)]
+  if ((process.geteuid?.() ?? 0) === 0) {
+    try {
+      await checkOverlay(rootsDir)
+      requirements.push({ what: 'overlay' })
+    } catch (e) {
+      requirements.push({ what: 'overlay', problem: (e as Error).message })
+    }
+  } else requirements.push(...(await unprivilegedRequirements(rootsDir)))
   for (const [cmd, pkg, why] of TOOLS) {
-    if (await which(cmd)) logger.info(`${cmd}: ok`)
-    else problems.push(`${cmd} not found (${why}; install the Debian package ${pkg})`)
+    requirements.push(
+      (await which(cmd))
+        ? { what: cmd }
+        : { what: cmd, problem: `${cmd} not found (${why}; install the Debian package ${pkg})` },
+    )
+  }
+  const problems: string[] = []
+  for (const r of requirements) {
+    if (r.problem === undefined) logger.info(`${r.what}: ok${r.detail ? ` (${r.detail})` : ''}`)
+    else if (r.optional) logger.warn(`${r.what}: ${r.problem}`)
+    else {
+      logger.info(`${r.what}: ${r.problem}`)
+      problems.push(r.problem)
+    }
   }
   if (problems.length) throw new StackerError('TOOL_MISSING', problems.join('; '))
 }

@@ -5,6 +5,7 @@ import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/laye
 import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
+import { hashFile } from './hashing.js'
 import { copyTree } from './util.js'
 
 /** squashfs/erofs base layers are not extracted: their content dir is where the image is opened
@@ -47,7 +48,14 @@ export async function registerFsImage(stackerDir: string, layout: OciLayout, d: 
     } catch {
       await copyTree(layout.blobPath(d.digest), `${blob}.tmp`)
     }
-    const { rename } = await import('node:fs/promises')
+    // Kept under its digest for every later build: a corrupt blob must not get in (it would fail
+    // each of them, its verity check included, until the stacker dir is removed).
+    const actual = await hashFile(`${blob}.tmp`)
+    const { rename, rm } = await import('node:fs/promises')
+    if (actual !== d.digest) {
+      await rm(`${blob}.tmp`, { force: true })
+      throw new StackerError('DIGEST', `blob ${d.digest} is corrupt: ${layout.blobPath(d.digest)} has digest ${actual}`)
+    }
     await rename(`${blob}.tmp`, blob)
   }
   const hash = d.annotations?.[Annotations.verityRootHash]
@@ -124,7 +132,9 @@ async function openOne(
   })
   opts.logger.debug(`opened ${id} by ${m.method}`)
   if (m.method === 'extract') {
-    // Extracted content stays: it is a plain content dir from now on.
+    // Extracted content stays: it is a plain content dir from now on, which the end of this
+    // process must not empty.
+    m.keep()
     await atomicWriteFile(`${blob}.json`, JSON.stringify({ ...rec, extracted: true }))
     return undefined
   }

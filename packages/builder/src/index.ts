@@ -29,3 +29,4 @@ export type {
   StackerErrorCode,
   StackerErrorDetail,
 } from '@stacker/core'
+export { unprivSetup, type UnprivSetupOptions } from './unpriv.js'

@@ -21,3 +21,4 @@ export type {
   StackerErrorCode,
   StackerErrorDetail,
 } from '@stacker/core'
+export { checkStorageOwner, storageMarkers } from './owner.js'

@@ -2,7 +2,7 @@ import { constants } from 'node:fs'
 import { access, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Logger, onCleanup, StackerError, silentLogger } from '@stacker/core'
+import { type Logger, onCleanup, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
 import { run } from './exec.js'
 import { type FsImageKind, requireFsImageKind } from './media-types.js'
 import { fsImageDataSize } from './superblock.js'
@@ -36,6 +36,9 @@ export interface MountedFsImage {
    *  target dir if openFsImage created it, else leaves it empty. Idempotent; also run by core's
    *  runCleanups if the process is interrupted while the image is held. */
   release(): Promise<void>
+  /** Lets go of the image without undoing anything: an extracted tree stays as a plain directory
+   *  (a mount stays mounted), and neither release() nor runCleanups touches it any more. */
+  keep(): void
 }
 
 export interface OpenFsImageOptions {
@@ -93,7 +96,9 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
     unregister()
   }
   if (created) await rmdir(dir).catch(() => {})
-  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})`, {
+  // The last method is the one of last resort: why it failed is what the user can act on.
+  const last = failures.length > 0 ? `: ${failures[failures.length - 1]}` : ''
+  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})${last}`, {
     hint: failures.length > 0 ? failures.join('; ') : 'no method in the policy is available here',
   })
 }
@@ -130,10 +135,14 @@ async function extractInto(blobPath: string, target: string, kind: FsImageKind):
     await run('unsquashfs', ['-no-progress', '-quiet', '-d', target, blobPath], { code: 'EXTRACT' })
     return
   }
-  if (process.getuid?.() !== 0) {
-    throw new StackerError('UNSUPPORTED', `extracting erofs layer ${blobPath} needs root (a kernel mount)`, {
-      hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used',
-    })
+  if (process.getuid?.() !== 0 || runningInUserNamespace()) {
+    throw new StackerError(
+      'UNSUPPORTED',
+      `extracting erofs layer ${blobPath} needs root (a kernel mount, which the kernel refuses in a user namespace)`,
+      {
+        hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used; give unprivileged builds squashfs or tar bases, or build as root',
+      },
+    )
   }
   const mnt = await mkdtemp(join(tmpdir(), 'stacker-erofs-'))
   const unregister = onCleanup(() => unmount(mnt, 'kmount').finally(() => rmdir(mnt)))
@@ -164,7 +173,11 @@ async function squashfuse(blobPath: string, dir: string): Promise<void> {
 
 /** Why a method cannot be tried here, or undefined if it can. */
 async function unavailable(method: OpenMethod, kind: FsImageKind): Promise<string | undefined> {
-  if (method === 'kmount') return process.getuid?.() === 0 ? undefined : 'not root'
+  if (method === 'kmount') {
+    if (process.getuid?.() !== 0) return 'not root'
+    // squashfs and erofs are block filesystems: the kernel mounts them for the initial namespace only.
+    return runningInUserNamespace() ? 'in a user namespace' : undefined
+  }
   if (method === 'squashfuse') {
     if (kind !== 'squashfs') return `squashfuse cannot read ${kind}`
     return (await fuseWorks()) ? undefined : '/dev/fuse is not usable'
@@ -232,7 +245,11 @@ function held(
     return releasing
   }
   const unregister = onCleanup(release)
-  return { dir, method, release }
+  const keep = (): void => {
+    unregister()
+    releasing ??= Promise.resolve()
+  }
+  return { dir, method, release, keep }
 }
 
 /** Unmounts `dir` if it is a mount point; a no-op otherwise, so it can be retried. */
