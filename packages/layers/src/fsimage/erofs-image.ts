@@ -114,6 +114,16 @@ export interface ErofsDirent {
   name: Buffer
 }
 
+/** A compressed file's extent: `length` bytes of the file from `start` are held by the pcluster of
+ *  `plen` bytes at `pos`, lz4-compressed or (not `compressed`) stored as they are. */
+export interface ErofsExtent {
+  start: number
+  length: number
+  pos: number
+  plen: number
+  compressed: boolean
+}
+
 /** One piece of a file's content in the image: `length` bytes at `pos`. */
 export interface FlatRange {
   pos: number
@@ -360,6 +370,181 @@ export class ErofsImage {
     return out
   }
 
+  /** The extents of a compressed inode, in file order, each a pcluster and the part of the file
+   *  it holds. Checks that they cover the file from its start, in order, and lie in the image. */
+  *extents(inode: ErofsInode): Generator<ErofsExtent> {
+    const { nid, size } = inode
+    if (size === 0) return
+    const z = this.#zmap(inode)
+    const lsize = 2 ** z.lclusterbits
+    let head: { lcn: number; start: number; pblk: number; plain: boolean; cblkcnt: number } | undefined
+    const finish = (h: NonNullable<typeof head>, end: number): ErofsExtent => {
+      let blocks = 1
+      if (!h.plain && z.bigPcluster) blocks = h.cblkcnt > 0 ? h.cblkcnt : lsize / this.sb.blksz
+      else blocks = lsize / this.sb.blksz
+      const plen = blocks * this.sb.blksz
+      const pos = h.pblk * this.sb.blksz
+      if (plen > MAX_PCLUSTER) throw this.corrupt(`inode ${nid} has a pcluster of ${plen} bytes`)
+      if (pos + plen > this.size) throw this.corrupt(`a pcluster of inode ${nid} is past the end of the image`)
+      const length = end - h.start
+      if (h.plain && length > plen) throw this.corrupt(`an uncompressed extent of inode ${nid} overflows its pcluster`)
+      return { start: h.start, length, pos, plen, compressed: !h.plain }
+    }
+    for (let lcn = 0; lcn < z.count; lcn++) {
+      const e = z.entry(lcn)
+      if (e.type === LC_NONHEAD) {
+        if (!head) throw this.corrupt(`inode ${nid} starts with a non-head lcluster`)
+        if (e.cblkcnt > 0) {
+          if (lcn !== head.lcn + 1) throw this.corrupt(`inode ${nid} has a misplaced pcluster size`)
+          head.cblkcnt = e.cblkcnt
+        } else if (z.bigPcluster && !head.plain && lcn === head.lcn + 1) {
+          throw this.corrupt(`inode ${nid} has a big pcluster without its size`)
+        }
+        if (e.lo !== undefined && e.lo !== lcn - head.lcn && e.cblkcnt === 0) {
+          throw this.corrupt(`inode ${nid} has a non-head lcluster pointing elsewhere than its head`)
+        }
+        continue
+      }
+      if (e.lo === undefined || e.lo >= lsize) throw this.corrupt(`inode ${nid} has a bad lcluster offset`)
+      const start = lcn * lsize + e.lo
+      if (lcn === 0 && start !== 0) throw this.corrupt(`inode ${nid} does not start at its first lcluster`)
+      if (start >= size) break
+      if (head) yield finish(head, start)
+      head = { lcn, start, pblk: e.pblk, plain: e.type === LC_PLAIN, cblkcnt: 0 }
+    }
+    if (!head) throw this.corrupt(`inode ${nid} has no extents`)
+    yield finish(head, size)
+  }
+
+  #zmap(inode: ErofsInode): ZMap {
+    const { nid, size } = inode
+    const { blkszbits } = this.sb
+    const headerPos = Math.ceil(inode.tailPos / 8) * 8
+    const legacy = inode.layout === LAYOUT_COMPRESSED_LEGACY
+    if (!legacy && inode.layout !== LAYOUT_COMPRESSED_COMPACT) {
+      throw this.corrupt(`inode ${nid} is not compressed (layout ${inode.layout})`)
+    }
+    let advise = 0
+    let lclusterbits = blkszbits
+    // Like the kernel, a legacy index needs no map header unless the image may have big pclusters.
+    if (!legacy || this.sb.featureIncompat & INCOMPAT_BIG_PCLUSTER) {
+      const h = this.view(headerPos, 8)
+      advise = h.readUInt16LE(4)
+      const algorithm = h[6]! & 0xf
+      const bits = h[7]!
+      if (bits & 0x80) throw this.unsupported(`fragments (inode ${nid})`)
+      if (advise & ~KNOWN_ADVISE) throw this.unsupported(`compression advice 0x${advise.toString(16)} (inode ${nid})`)
+      if (algorithm !== ALGORITHM_LZ4) throw this.unsupported(`compression algorithm ${algorithm} (inode ${nid})`)
+      lclusterbits = blkszbits + (bits & 7)
+      if (!legacy && !(advise & ADVISE_BIG_PCLUSTER_1) !== !(advise & ADVISE_BIG_PCLUSTER_2)) {
+        throw this.corrupt(`inode ${nid} has inconsistent big pcluster advice`)
+      }
+    }
+    const bigPcluster = (advise & ADVISE_BIG_PCLUSTER_1) !== 0
+    const count = Math.ceil(size / 2 ** lclusterbits)
+    const entry = legacy
+      ? this.#legacyIndex(inode, headerPos + 16, bigPcluster)
+      : this.#compactIndex(inode, headerPos + 8, lclusterbits, bigPcluster, advise, count)
+    return { lclusterbits, bigPcluster, count, entry }
+  }
+
+  /** Legacy indexes: 8 bytes per lcluster. */
+  #legacyIndex(inode: ErofsInode, base: number, big: boolean): (lcn: number) => Lcluster {
+    return (lcn) => {
+      const di = this.view(base + lcn * 8, 8)
+      const type = di.readUInt16LE(0) & 3
+      if (type === LC_NONHEAD) {
+        let d0 = di.readUInt16LE(4)
+        let cblkcnt = 0
+        if (d0 & D0_CBLKCNT) {
+          if (!big) throw this.corrupt(`inode ${inode.nid} has a pcluster size without big pclusters`)
+          cblkcnt = d0 & ~D0_CBLKCNT
+          if (cblkcnt === 0) throw this.corrupt(`inode ${inode.nid} has an empty pcluster`)
+          d0 = 1
+        }
+        return { type, lo: d0, pblk: 0, cblkcnt }
+      }
+      if (type !== LC_PLAIN && type !== LC_HEAD) throw this.unsupported(`lcluster type ${type} (inode ${inode.nid})`)
+      return { type, lo: di.readUInt16LE(2), pblk: di.readUInt32LE(4), cblkcnt: 0 }
+    }
+  }
+
+  /** Compact indexes: packs of 2 entries in 8 bytes (4B) or, for 4 KiB lclusters when advised,
+   *  16 entries in 32 bytes (2B), each pack ending with a block address from which its heads'
+   *  addresses follow. 4B packs come first up to 32-byte alignment, then 2B ones, then 4B. */
+  #compactIndex(
+    inode: ErofsInode,
+    ebase: number,
+    lclusterbits: number,
+    big: boolean,
+    advise: number,
+    count: number,
+  ): (lcn: number) => Lcluster {
+    let initial4b = (32 - (ebase % 32)) / 4
+    if (initial4b === 8) initial4b = 0
+    const use2b = (advise & ADVISE_COMPACTED_2B) !== 0 && initial4b < count
+    if (use2b && lclusterbits !== 12) throw this.corrupt(`inode ${inode.nid} has 2-byte indexes for large lclusters`)
+    if (lclusterbits > 14) throw this.unsupported(`lclusters of 2^${lclusterbits} bytes (inode ${inode.nid})`)
+    const compacted2b = use2b ? Math.floor((count - initial4b) / 16) * 16 : 0
+    const lomask = 2 ** lclusterbits - 1
+    return (lcn) => {
+      let pos = ebase
+      let shift = 2
+      let i = lcn
+      if (i >= initial4b) {
+        pos += initial4b * 4
+        i -= initial4b
+        if (i < compacted2b) shift = 1
+        else {
+          pos += compacted2b * 2
+          i -= compacted2b
+        }
+      }
+      pos += i << shift
+      const vcnt = shift === 2 ? 2 : 16
+      const packSize = vcnt << shift
+      const packStart = pos - (pos % packSize)
+      const pack = Buffer.from(this.view(packStart, packSize))
+      const encodebits = ((packSize - 4) * 8) / vcnt
+      const decode = (k: number): [number, number] => {
+        const bit = encodebits * k
+        const v = pack.readUInt32LE(Math.min(bit >> 3, packSize - 4)) >>> (bit & 7)
+        return [(v >>> lclusterbits) & 3, v & lomask]
+      }
+      let k = (pos - packStart) >> shift
+      const [type, lo] = decode(k)
+      if (type === LC_NONHEAD) {
+        if (lo & D0_CBLKCNT) {
+          if (!big) throw this.corrupt(`inode ${inode.nid} has a pcluster size without big pclusters`)
+          const cblkcnt = lo & ~D0_CBLKCNT
+          if (cblkcnt === 0) throw this.corrupt(`inode ${inode.nid} has an empty pcluster`)
+          return { type, lo: 1, pblk: 0, cblkcnt }
+        }
+        // The last entry of a pack holds the distance forward, not back.
+        return { type, lo: k + 1 === vcnt ? undefined : lo, pblk: 0, cblkcnt: 0 }
+      }
+      if (type !== LC_PLAIN && type !== LC_HEAD) throw this.unsupported(`lcluster type ${type} (inode ${inode.nid})`)
+      // The pack's address is where its first new pcluster starts, less one without big
+      // pclusters; each earlier head in the pack adds its pcluster's blocks.
+      let nblk = big ? 0 : 1
+      while (k > 0) {
+        k--
+        const [t, l] = decode(k)
+        if (!big) {
+          if (t === LC_NONHEAD) k -= l
+          if (k >= 0) nblk++
+        } else if (t === LC_NONHEAD) {
+          if (l & D0_CBLKCNT) {
+            k--
+            nblk += l & ~D0_CBLKCNT
+          } else if (l <= 1) throw this.corrupt(`inode ${inode.nid} has a bad lcluster distance`)
+          else k -= l - 2
+        } else nblk++
+      }
+      return { type, lo, pblk: pack.readUInt32LE(packSize - 4) + nblk, cblkcnt: 0 }
+    }
+  }
+
   /** What a directory lists, "." and ".." left out, in order, one block at a time (names are
    *  copies). Checks each entry's name and offsets. */
   *dirents(dir: ErofsInode): Generator<ErofsDirent[]> {
@@ -451,6 +636,40 @@ export class ErofsImage {
     if ((index === 2 || index === 3) !== (nameLen === 0)) throw this.corrupt(`inode ${nid} has a bad xattr name`)
     out.push([prefix + suffix.toString('latin1'), Buffer.from(entry.subarray(XATTR_ENTRY + nameLen))])
   }
+}
+
+/** lcluster types of compression indexes. */
+const LC_PLAIN = 0
+const LC_HEAD = 1
+const LC_NONHEAD = 2
+/** Marks the first non-head lcluster of a big pcluster: its low bits count the pcluster's blocks. */
+const D0_CBLKCNT = 1 << 11
+const ADVISE_COMPACTED_2B = 0x1
+const ADVISE_BIG_PCLUSTER_1 = 0x2
+const ADVISE_BIG_PCLUSTER_2 = 0x4
+const KNOWN_ADVISE = ADVISE_COMPACTED_2B | ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2
+const ALGORITHM_LZ4 = 0
+/** The kernel's limit on a physical cluster. */
+const MAX_PCLUSTER = 1 << 20
+
+/** One logical cluster's index entry. `lo` is the head's offset in the lcluster, or for a
+ *  non-head its distance back to the head (undefined where the compact format keeps the distance
+ *  forward instead). */
+interface Lcluster {
+  type: number
+  lo: number | undefined
+  /** Where a head's pcluster starts, in blocks. */
+  pblk: number
+  /** A big pcluster's size in blocks, from its first non-head lcluster. */
+  cblkcnt: number
+}
+
+/** How a compressed inode maps its content. */
+interface ZMap {
+  lclusterbits: number
+  bigPcluster: boolean
+  count: number
+  entry(lcn: number): Lcluster
 }
 
 function parseSuperblock(raw: Buffer, file: string, code: StackerErrorCode, size: number): ErofsSuperblock {

@@ -9,6 +9,7 @@ export {
   EROFS_WRITER_ID,
 } from './write.js'
 export { appendVerity, verifyVerity } from './verity.js'
+export { type ExtractErofsOptions, extractErofs } from './erofs-read.js'
 export { fsImageDataSize, detectFsImageKind } from './superblock.js'
 export { stripOverlayXattrs, isOverlayBookkeepingXattr, supportsXattrs } from './scan.js'
 export {

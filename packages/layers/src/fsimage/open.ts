@@ -3,6 +3,7 @@ import { access, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir } 
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type Logger, onCleanup, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
+import { extractErofs } from './erofs-read.js'
 import { run } from './exec.js'
 import { type FsImageKind, requireFsImageKind } from './media-types.js'
 import { fsImageDataSize } from './superblock.js'
@@ -45,14 +46,16 @@ export interface OpenFsImageOptions {
   mediaType: string
   /** The descriptor's verity annotation: the image is verified against it before use. */
   verityRootHash?: string
-  /** Methods to try, in order. `unsquashfs` means extraction (for erofs: a kernel mount copied out). */
+  /** Methods to try, in order. `unsquashfs` means extraction (for erofs: a kernel mount copied out
+   *  as root, else extractErofs). */
   policy?: readonly OpenMethod[]
   logger?: Logger
 }
 
 /** Makes a squashfs or erofs layer blob readable as a directory at `target` (created if missing,
  *  must be empty), for use as an overlay lower dir. Tries the policy's methods in order: a
- *  read-only loop mount when root, squashfuse when /dev/fuse works (squashfs only), extraction.
+ *  read-only loop mount when root, squashfuse when /dev/fuse works (squashfs only), extraction
+ *  (erofs without root or in a user namespace: extractErofs, which needs no kernel driver).
  *  With `verityRootHash` the whole image is checked first (LAYER `invalid root hash` on mismatch);
  *  dm-verity devices are not used, so the blob must not change while held.
  *  The caller must release() the result. */
@@ -76,7 +79,7 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
       }
       try {
         if (method === 'unsquashfs') {
-          await extractInto(blobPath, dir, kind)
+          await extractInto(blobPath, dir, kind, logger)
           return held(dir, 'extract', created, () => emptyDir(dir))
         }
         if (method === 'kmount') await run('mount', ['-t', kind, '-o', 'ro,loop', blobPath, dir], { code: 'MOUNT' })
@@ -106,13 +109,16 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
 export interface ExtractFsImageOptions {
   mediaType: string
   verityRootHash?: string
+  /** Receives warnings about what could not be kept (devices in a user namespace, xattrs). */
+  logger?: Logger
 }
 
 /** Extracts a squashfs or erofs layer blob into `target` (created if missing, must be empty) as a
  *  plain directory tree, keeping whiteouts native (0:0 char devices, opaque xattrs), ownership,
  *  modes, times, hardlinks and xattrs. Verifies verity first like openFsImage. squashfs uses
- *  unsquashfs; erofs needs root (a kernel mount copied out with cp -a): fsck.erofs 1.5 drops
- *  xattrs and hardlinks, which would resurrect deleted files. On failure `target` is left empty. */
+ *  unsquashfs; erofs a kernel mount copied out with cp -a as root, else extractErofs (fsck.erofs
+ *  1.5 drops xattrs and hardlinks, which would resurrect deleted files). On failure `target` is
+ *  left empty. */
 export async function extractFsImage(blobPath: string, target: string, opts: ExtractFsImageOptions): Promise<void> {
   const kind = requireFsImageKind(opts.mediaType)
   if (opts.verityRootHash !== undefined)
@@ -120,7 +126,7 @@ export async function extractFsImage(blobPath: string, target: string, opts: Ext
   await prepareTarget(target, 'EXTRACT')
   const unregister = onCleanup(() => emptyDir(target))
   try {
-    await extractInto(blobPath, target, kind)
+    await extractInto(blobPath, target, kind, opts.logger ?? silentLogger)
   } catch (e) {
     await emptyDir(target)
     throw e
@@ -129,20 +135,18 @@ export async function extractFsImage(blobPath: string, target: string, opts: Ext
   }
 }
 
-async function extractInto(blobPath: string, target: string, kind: FsImageKind): Promise<void> {
+async function extractInto(blobPath: string, target: string, kind: FsImageKind, logger: Logger): Promise<void> {
   if (kind === 'squashfs') {
     // -d into an existing empty dir also applies the image root's mode, owner and times to it.
     await run('unsquashfs', ['-no-progress', '-quiet', '-d', target, blobPath], { code: 'EXTRACT' })
     return
   }
+  // Without the kernel (not root, or in a user namespace, where it refuses to mount erofs), the
+  // image is read by extractErofs. As root a kernel mount copied out is used: see the package
+  // README for how the two compare.
   if (process.getuid?.() !== 0 || runningInUserNamespace()) {
-    throw new StackerError(
-      'UNSUPPORTED',
-      `extracting erofs layer ${blobPath} needs root (a kernel mount, which the kernel refuses in a user namespace)`,
-      {
-        hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used; give unprivileged builds squashfs or tar bases, or build as root',
-      },
-    )
+    await extractErofs(blobPath, target, { logger })
+    return
   }
   const mnt = await mkdtemp(join(tmpdir(), 'stacker-erofs-'))
   const unregister = onCleanup(() => unmount(mnt, 'kmount').finally(() => rmdir(mnt)))
