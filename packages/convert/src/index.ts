@@ -11,7 +11,11 @@ export {
   IMAGE_DEFAULT,
   IMAGE_KEY,
 } from './convert.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type { LogFields, Logger, LogLevel, StackerErrorCode } from '@stacker/core'
 
+/** Options of convertFiles. */
 export interface ConvertFilesOptions {
   /** The Dockerfile; its directory is the build context. */
   dockerFile: string

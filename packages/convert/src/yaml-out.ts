@@ -1,5 +1,5 @@
 import { Document, Pair, Scalar, YAMLMap, YAMLSeq } from 'yaml'
-import type { FromOut, ImportOut, LayerOut } from './convert.js'
+import type { FromOut, ImportOut, LayerOut } from './model.js'
 import type { ArgRef, Template } from './words.js'
 
 /** Stands for a `$` that must be written `\x24` (see markDollars); never in a Dockerfile we accept. */

@@ -24,6 +24,7 @@ export const ERROR_CODES = [
   'INTERRUPTED',
   'INTERNAL',
 ] as const
+/** One of ERROR_CODES: what kind of problem a StackerError is. */
 export type StackerErrorCode = (typeof ERROR_CODES)[number]
 
 /** A position in a source file, 1-based line and column. */
@@ -33,6 +34,7 @@ export interface SourcePos {
   readonly col: number
 }
 
+/** `file:line:col`, as editors and compilers print positions. */
 export function formatPos(pos: SourcePos): string {
   return `${pos.file}:${pos.line}:${pos.col}`
 }
@@ -58,10 +60,15 @@ export type StackerErrorDetail<C extends StackerErrorCode> = C extends keyof Sta
   ? StackerErrorDetails[C]
   : undefined
 
+/** The optional parts of a StackerError. */
 export interface StackerErrorOptions<C extends StackerErrorCode = StackerErrorCode> {
+  /** What the user can do about it, shown on a line of its own. */
   hint?: string | undefined
+  /** The underlying error (`Error.cause`). */
   cause?: unknown
+  /** Where in a stacker.yaml (or Dockerfile) the problem is. */
   pos?: SourcePos | undefined
+  /** What a caller needs to act on the error, shaped by its code (see StackerErrorDetails). */
   detail?: StackerErrorDetail<C> | undefined
 }
 

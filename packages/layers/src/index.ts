@@ -1,6 +1,7 @@
 export * from './tar/index.js'
 export * from './fsimage/index.js'
-// The core types this package's API takes and throws, so a user needs no second import.
+// The core and oci types this package's API takes, returns and throws, so a user needs no second import.
+export type { Descriptor } from '@stacker/oci'
 export { isStackerError, StackerError } from '@stacker/core'
 export type {
   Digest,

@@ -4,11 +4,15 @@ import { join } from 'node:path'
 import { type Digest, digestAlgorithm, Hasher, onCleanup, parseDigest, StackerError, pathExists } from '@stacker/core'
 import { holdDigest, type LayoutState } from './state.js'
 
+/** What a blob must turn out to be; a mismatch is a DIGEST error and nothing is stored. */
 export interface ExpectedBlob {
+  /** The digest the content must have. */
   digest?: Digest
+  /** The size in bytes the content must have. */
   size?: number
 }
 
+/** A stored blob: its digest and size in bytes. */
 export interface BlobInfo {
   digest: Digest
   size: number

@@ -27,22 +27,27 @@ import { goQuote, validateRefName } from './ref-name.js'
 import { holdDigest, type LayoutState, layoutState } from './state.js'
 import type { Descriptor, ImageConfig, ImageIndex, Manifest, Platform } from './types.js'
 
+/** Options of OciLayout.open. */
 export interface OpenOptions {
   /** Create the layout when `dir` does not exist. Default false: a missing layout is NOT_FOUND. */
   create?: boolean
+  /** Receives `Creating new OCI Layout at ...` and debug lines. Default: dropped. */
   logger?: Logger
 }
 
+/** A tag of the layout and the descriptor it names. */
 export interface TagEntry {
   name: string
   descriptor: Descriptor
 }
 
+/** Options of OciLayout.gc. */
 export interface GcOptions {
   /** Extra roots: blobs written for an image that is not tagged yet. */
   keep?: Digest[]
 }
 
+/** What OciLayout.gc removed. */
 export interface GcResult {
   /** Removed blobs, sorted. */
   removed: Digest[]
@@ -50,6 +55,7 @@ export interface GcResult {
   temp: string[]
 }
 
+/** An image read from the layout: the manifest's descriptor, the manifest and the config. */
 export interface ImageRecord {
   /** The manifest's descriptor (for an index, the chosen platform's entry). */
   descriptor: Descriptor
@@ -57,11 +63,16 @@ export interface ImageRecord {
   config: ImageConfig
 }
 
+/** What OciLayout.writeImage stores: a config and a manifest listing `layers` (already stored). */
 export interface WriteImageOptions {
   config: ImageConfig
+  /** Descriptors of blobs already in the layout, bottom layer first. */
   layers: Descriptor[]
+  /** The manifest's annotations. */
   annotations?: Record<string, string>
+  /** The manifest's `subject` (an artifact that refers to another image). */
   subject?: Descriptor
+  /** The manifest's `artifactType`. */
   artifactType?: string
 }
 

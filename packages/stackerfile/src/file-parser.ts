@@ -4,14 +4,19 @@ import { isGoInt } from './go-format.js'
 import { scalarString } from './util.js'
 import { type ParsedYaml, parseYaml } from './yaml-doc.js'
 
+/** Options of parseStackerfileText: everything parseStackerfile defaults, given explicitly. */
 export interface ParseOptions {
   /** Absolute path or URL: names the file in messages and positions. */
   path: string
   /** Relative paths in the file resolve against this directory. */
   referenceDir: string
+  /** `--require-hash`: every http(s) import needs a `hash`. Default false. */
   requireHash?: boolean
+  /** Receives the file's warnings. */
   logger: Logger
+  /** For layers without `os`: Go's GOOS name (`linux`). */
   os: string
+  /** For layers without `arch`: Go's GOARCH name (`amd64`, `arm64`). */
   arch: string
 }
 

@@ -10,7 +10,7 @@ export type {
   Stackerfile,
   StackerfileSet,
 } from './model.js'
-export { buildSubstitutions, substitute, type Dirs } from './substitute.js'
+export { type BuildSubstitutionsOptions, buildSubstitutions, substitute, type Dirs } from './substitute.js'
 export { loadStackerfile, loadStackerfiles } from './load.js'
 export { layerBuildOrder, orderLines } from './order.js'
 export { parseStackerfile, stackerfileSet, type ParseStackerfileOptions, type ParsedText } from './text.js'

@@ -13,6 +13,7 @@ export type SourceRef =
   /** Any other scheme: refused where it is used (`unsupported url scheme <scheme>`). */
   | { kind: 'unsupported'; scheme: string; url: string }
 
+/** Parses an `imports` path or a `from.url` into a SourceRef (see there). Never throws. */
 export function parseSource(s: string): SourceRef {
   const i = s.indexOf('://')
   if (i < 0) return { kind: 'local', path: s }

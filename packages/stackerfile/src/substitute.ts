@@ -7,10 +7,24 @@ import { goIoError, scalarString } from './util.js'
 
 /** The storage directories, as the CLI resolved them. */
 export interface Dirs {
+  /** `--roots-dir`: STACKER_ROOTFS_DIR. */
   rootsDir: string
+  /** `--stacker-dir`: STACKER_STACKER_DIR. */
   stackerDir: string
+  /** `--oci-dir`: STACKER_OCI_DIR. */
   ociDir: string
+  /** `--work-dir`: STACKER_WORK_DIR. */
   workDir: string
+}
+
+/** Options of buildSubstitutions: the CLI's substitution flags. */
+export interface BuildSubstitutionsOptions {
+  /** `--substitute` values, `KEY=VALUE`, in command-line order. */
+  substitute: readonly string[]
+  /** `--substitute-file`: a YAML map of scalars. */
+  substituteFile?: string
+  /** Adds the STACKER_*_DIR entries when given. */
+  dirs?: Dirs
 }
 
 /**
@@ -19,12 +33,7 @@ export interface Dirs {
  * STACKER_ROOTFS_DIR, STACKER_STACKER_DIR, STACKER_OCI_DIR and STACKER_WORK_DIR.
  * Reads the substitute file; throws SUBSTITUTION when it can't be read or isn't a map of scalars.
  */
-export async function buildSubstitutions(opts: {
-  substitute: readonly string[]
-  substituteFile?: string
-  /** Adds the STACKER_*_DIR entries when given. */
-  dirs?: Dirs
-}): Promise<string[]> {
+export async function buildSubstitutions(opts: BuildSubstitutionsOptions): Promise<string[]> {
   const out = [...opts.substitute]
   if (opts.substituteFile !== undefined && opts.substituteFile !== '') {
     const file = opts.substituteFile

@@ -16,6 +16,7 @@ export interface ParseStackerfileOptions {
   substitutions?: readonly string[] | Readonly<Record<string, string>>
   /** Defaults for layers without `os`/`arch`: `linux` and the Go name of the host architecture. */
   os?: string
+  /** See `os`. */
   arch?: string
   /** `--require-hash`: every http(s) import needs a `hash`. Default false. */
   requireHash?: boolean

@@ -9,6 +9,7 @@ import { type FsImageKind, requireFsImageKind } from './media-types.js'
 import { fsImageDataSize } from './superblock.js'
 import { verifyVerity } from './verity.js'
 
+/** A way to make an image readable: a kernel loop mount, a squashfuse mount, or extraction. */
 export type OpenMethod = 'kmount' | 'squashfuse' | 'unsquashfs'
 
 /** Upstream's STACKER_SQUASHFS_EXTRACT_POLICY default. */
@@ -29,9 +30,11 @@ export function parseOpenPolicy(value: string): OpenMethod[] {
   return words as OpenMethod[]
 }
 
+/** An image made readable by openFsImage. */
 export interface MountedFsImage {
   /** The image's root: usable as an overlay lower dir until release(). */
   dir: string
+  /** How: `extract` when it was copied out (the policy's `unsquashfs`). */
   method: 'kmount' | 'squashfuse' | 'extract'
   /** Unmounts (kmount, squashfuse) or removes the extracted tree (extract), then removes the
    *  target dir if openFsImage created it, else leaves it empty. Idempotent; also run by core's
@@ -42,13 +45,16 @@ export interface MountedFsImage {
   keep(): void
 }
 
+/** Options of openFsImage. */
 export interface OpenFsImageOptions {
+  /** The layer's media type (from its descriptor): decides squashfs or erofs. */
   mediaType: string
   /** The descriptor's verity annotation: the image is verified against it before use. */
   verityRootHash?: string
   /** Methods to try, in order. `unsquashfs` means extraction (for erofs: a kernel mount copied out
    *  as root, else extractErofs). */
   policy?: readonly OpenMethod[]
+  /** Receives a debug line per method tried. Default: dropped. */
   logger?: Logger
 }
 
@@ -106,8 +112,11 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
   })
 }
 
+/** Options of extractFsImage. */
 export interface ExtractFsImageOptions {
+  /** The layer's media type (from its descriptor): decides squashfs or erofs. */
   mediaType: string
+  /** The descriptor's verity annotation: the image is verified against it first. */
   verityRootHash?: string
   /** Receives warnings about what could not be kept (devices in a user namespace, xattrs). */
   logger?: Logger

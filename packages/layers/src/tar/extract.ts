@@ -45,12 +45,15 @@ import { sniffCompression, throughProgram, throughTransform, toChunks } from './
  *  - `keep`: write them as the plain empty files they are in the tar. */
 export type WhiteoutMode = 'overlay' | 'apply' | 'keep'
 
+/** Options of extractTarLayer. */
 export interface ExtractOptions {
+  /** What to make of the layer's whiteouts (see WhiteoutMode). */
   whiteouts: WhiteoutMode
   /** Default `auto`: gzip and zstd are recognised by their magic bytes. */
   compression?: 'auto' | 'gzip' | 'zstd' | 'none'
   /** Names the layer in error messages, e.g. its digest. */
   sourceDescription?: string
+  /** Receives warnings (non-UTF-8 names) and debug lines. Default: dropped. */
   logger?: Logger
   /** Called with the running count of input (possibly compressed) bytes consumed. */
   onProgress?: (bytes: number) => void
@@ -59,6 +62,7 @@ export interface ExtractOptions {
   signal?: AbortSignal
 }
 
+/** A layer's bytes (compressed or not): chunks, or a readable stream such as OciLayout.openBlob's. */
 export type LayerInput = AsyncIterable<Uint8Array> | Iterable<Uint8Array> | NodeJS.ReadableStream
 
 const MAX_SYMLINK_HOPS = 255
@@ -455,13 +459,21 @@ export async function extractTarLayer(
   }
 }
 
+/** Options of unpackImageLayers. */
+export interface UnpackImageLayersOptions {
+  /** Receives each layer's warnings and debug lines. Default: dropped. */
+  logger?: Logger
+  /** Names layer `index` (0-based) in error messages; default `layer <n>/<count>`. */
+  describe?: (index: number) => string
+}
+
 /** Applies image layers in order onto `targetDir` (`apply` whiteouts), e.g. to flatten an image
  *  into one rootfs. Each factory is called when its turn comes, so only one layer is open at a
  *  time. */
 export async function unpackImageLayers(
   layers: ReadonlyArray<() => LayerInput>,
   targetDir: string,
-  opts: { logger?: Logger; describe?: (index: number) => string } = {},
+  opts: UnpackImageLayersOptions = {},
 ): Promise<{ entries: number }> {
   let entries = 0
   for (const [i, open] of layers.entries()) {
