@@ -114,6 +114,32 @@ bad:
     url: bad:caps-squashfs
 `
 
+// Builds on erofs bases with verity: the kernel mounts no erofs in a user namespace either. As tar
+// and squashfs layers, the bases are converted from what was read of them, so the digests show
+// whether that matches the kernel's mount (hardlinks of busybox, whiteouts, opaque dirs, owners,
+// setuid, security.capability and user.* xattrs, times).
+const FROM_EROFS_YAML = `
+fromerofs:
+  from:
+    type: oci
+    url: oci:top-erofs
+  run: |
+    [ -f /top ] && [ ! -e /root-file ] && [ -f /opaque/new ] && [ ! -e /opaque/old ] && [ ! -e /etc/group ]
+    [ "$(stat -c %i /bin/ls)" = "$(stat -c %i /bin/cat)" ] && [ "$(stat -c %a:%u /setuid)" = 4755:0 ]
+    echo ok > /fromerofs
+fromcaps:
+  from:
+    type: oci
+    url: oci:caps-erofs
+`
+
+const BAD_EROFS_YAML = `
+bad:
+  from:
+    type: oci
+    url: bad:caps-erofs
+`
+
 const SLOW_YAML = `
 slow:
   from:
@@ -152,6 +178,8 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
       'caps.tar.gz': capsTar,
       'later.yaml': LATER_YAML,
       'bad.yaml': BAD_YAML,
+      'from-erofs.yaml': FROM_EROFS_YAML,
+      'bad-erofs.yaml': BAD_EROFS_YAML,
       ...extra,
     }
   }
@@ -326,6 +354,55 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     await execa('cp', ['-a', oci, p.path('bad')])
     await setVerityRootHash(p.path('bad'), 'caps-squashfs', 'ab'.repeat(32))
     const bad = await asUser(p, ['build', '-f', 'bad.yaml'])
+    expect(bad.exitCode).toBe(1)
+    expect(bad.stderr).toMatch(/^error: invalid root hash (ab){32} for .*: verification failed$/m)
+  })
+
+  it('builds on erofs bases as the user, byte-identical to root, with verity still checked', async () => {
+    const mine = await userProject()
+    const roots = await withBase(await project(files()))
+    const bases = ['build', '--layer-type', 'tar', '--layer-type', 'erofs']
+    const onErofs = ['build', '-f', 'from-erofs.yaml', '--layer-type', 'tar', '--layer-type', 'squashfs']
+    expectOk(await stacker(bases, { cwd: roots.dir, env: { SOURCE_DATE_EPOCH: SDE } }))
+    const asRoot = expectOk(await stacker(['--debug', ...onErofs], { cwd: roots.dir, env: { SOURCE_DATE_EPOCH: SDE } }))
+    expect(asRoot.stderr).toMatch(/opened fsimg_[0-9a-f]+ by kmount/)
+    expectOk(await asUser(mine, bases))
+    // Read without the kernel, as it mounts no erofs in a user namespace.
+    const er = expectOk(await asUser(mine, ['--debug', ...onErofs]))
+    expect(er.stderr).toMatch(/opened fsimg_[0-9a-f]+ by extract/)
+    expect(er.stderr).not.toMatch(/by kmount/)
+
+    const rootTags = await tagDigests(roots.path('oci'))
+    expect(Object.keys(rootTags).sort()).toEqual(
+      [
+        'base',
+        'base-erofs',
+        'top',
+        'top-erofs',
+        'caps',
+        'caps-erofs',
+        'fromerofs',
+        'fromerofs-squashfs',
+        'fromcaps',
+        'fromcaps-squashfs',
+      ].sort(),
+    )
+    expect(await tagDigests(mine.path('oci'))).toEqual(rootTags)
+    // The conversion of caps-erofs kept its xattrs.
+    const caps = new Map<string, Awaited<ReturnType<typeof layerTarEntries>>[number]>()
+    for (const l of (await readManifest(mine.path('oci'), 'fromcaps')).layers)
+      for (const e of await layerTarEntries(mine.path('oci'), l.digest)) caps.set(e.name.replace(/^\.?\//, ''), e)
+    expect(caps.get('cap-bin')?.pax?.['SCHILY.xattr.user.note']).toBe('hello')
+    expect(Buffer.from(caps.get('cap-bin')?.pax?.['SCHILY.xattr.security.capability'] ?? '', 'latin1')).toEqual(
+      NET_RAW_CAPS,
+    )
+
+    // An erofs base whose verity root hash does not match fails before anything is extracted. In a
+    // project of its own: the user's has the good image of that blob extracted already.
+    const fresh = await userProject()
+    await execa('cp', ['-a', mine.path('oci'), fresh.path('bad')])
+    await setVerityRootHash(fresh.path('bad'), 'caps-erofs', 'ab'.repeat(32))
+    const bad = await asUser(fresh, ['build', '-f', 'bad-erofs.yaml'])
     expect(bad.exitCode).toBe(1)
     expect(bad.stderr).toMatch(/^error: invalid root hash (ab){32} for .*: verification failed$/m)
   })

@@ -1,6 +1,5 @@
 import { constants } from 'node:fs'
-import { access, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { access, mkdir, open, readdir, readFile, realpath, rm, rmdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type Logger, onCleanup, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
 import { extractErofs } from './erofs-read.js'
@@ -51,8 +50,7 @@ export interface OpenFsImageOptions {
   mediaType: string
   /** The descriptor's verity annotation: the image is verified against it before use. */
   verityRootHash?: string
-  /** Methods to try, in order. `unsquashfs` means extraction (for erofs: a kernel mount copied out
-   *  as root, else extractErofs). */
+  /** Methods to try, in order. `unsquashfs` means extraction (for erofs: extractErofs). */
   policy?: readonly OpenMethod[]
   /** Receives a debug line per method tried. Default: dropped. */
   logger?: Logger
@@ -61,7 +59,7 @@ export interface OpenFsImageOptions {
 /** Makes a squashfs or erofs layer blob readable as a directory at `target` (created if missing,
  *  must be empty), for use as an overlay lower dir. Tries the policy's methods in order: a
  *  read-only loop mount when root, squashfuse when /dev/fuse works (squashfs only), extraction
- *  (erofs without root or in a user namespace: extractErofs, which needs no kernel driver).
+ *  (erofs: extractErofs, which needs no kernel driver, so it works in a user namespace).
  *  With `verityRootHash` the whole image is checked first (LAYER `invalid root hash` on mismatch);
  *  dm-verity devices are not used, so the blob must not change while held.
  *  The caller must release() the result. */
@@ -125,9 +123,8 @@ export interface ExtractFsImageOptions {
 /** Extracts a squashfs or erofs layer blob into `target` (created if missing, must be empty) as a
  *  plain directory tree, keeping whiteouts native (0:0 char devices, opaque xattrs), ownership,
  *  modes, times, hardlinks and xattrs. Verifies verity first like openFsImage. squashfs uses
- *  unsquashfs; erofs a kernel mount copied out with cp -a as root, else extractErofs (fsck.erofs
- *  1.5 drops xattrs and hardlinks, which would resurrect deleted files). On failure `target` is
- *  left empty. */
+ *  unsquashfs, erofs extractErofs (fsck.erofs 1.5 drops xattrs and hardlinks, which would
+ *  resurrect deleted files). On failure `target` is left empty. */
 export async function extractFsImage(blobPath: string, target: string, opts: ExtractFsImageOptions): Promise<void> {
   const kind = requireFsImageKind(opts.mediaType)
   if (opts.verityRootHash !== undefined)
@@ -150,27 +147,9 @@ async function extractInto(blobPath: string, target: string, kind: FsImageKind, 
     await run('unsquashfs', ['-no-progress', '-quiet', '-d', target, blobPath], { code: 'EXTRACT' })
     return
   }
-  // Without the kernel (not root, or in a user namespace, where it refuses to mount erofs), the
-  // image is read by extractErofs. As root a kernel mount copied out is used: see the package
-  // README for how the two compare.
-  if (process.getuid?.() !== 0 || runningInUserNamespace()) {
-    await extractErofs(blobPath, target, { logger })
-    return
-  }
-  const mnt = await mkdtemp(join(tmpdir(), 'stacker-erofs-'))
-  const unregister = onCleanup(() => unmount(mnt, 'kmount').finally(() => rmdir(mnt)))
-  try {
-    await run('mount', ['-t', 'erofs', '-o', 'ro,loop', blobPath, mnt], { code: 'EXTRACT' })
-    try {
-      // Naming xattr explicitly makes a failure to copy one an error; plain -a would only warn.
-      await run('cp', ['-a', '--preserve=xattr', '--no-target-directory', `${mnt}/.`, target], { code: 'EXTRACT' })
-    } finally {
-      await unmount(mnt, 'kmount')
-    }
-  } finally {
-    unregister()
-    await rmdir(mnt)
-  }
+  // Read without the kernel, root or not: as fast as a kernel mount copied out with cp -a (see the
+  // package README), and the only way in a user namespace, where the kernel mounts no erofs.
+  await extractErofs(blobPath, target, { logger })
 }
 
 /** squashfuse_ll reports the image's inode numbers, so hardlinks stay hardlinks (the high-level
