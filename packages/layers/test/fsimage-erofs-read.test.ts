@@ -319,9 +319,27 @@ describe.skipIf(!isRoot)('extractErofs against the kernel (needs root: mknod, mo
       const { ours, kernel } = await bothWays(r.file)
       expect(ours, JSON.stringify(opts)).toEqual(kernel)
     }
+    // One touch per entry: a small tree with every kind of entry and times before 1970 and after 2106.
+    const small = join(await tempDir(), 'small')
+    await mkdir(join(small, 'dir'), { recursive: true })
+    await writeFile(join(small, 'dir/file'), 'f\n')
+    await link(join(small, 'dir/file'), join(small, 'hard'))
+    await symlink('dir/file', join(small, 'sym'))
+    await run('mkfifo', [join(small, 'fifo')])
+    await run('mknod', [join(small, 'whiteout'), 'c', '0', '0'])
+    for (const [p, t] of [
+      ['dir/file', '1000000000.123456789'],
+      ['sym', '1600000001.000001001'],
+      ['fifo', '-1000.25'],
+      ['whiteout', '5000000000.000000007'],
+      ['dir', '-1'],
+      ['.', '1400000000.4'],
+    ] as const)
+      await touch(join(small, p), t)
     const image = join(await tempDir(), 'image.erofs')
-    await run('mkfs.erofs', ['--quiet', '-zlz4', image, src])
+    await run('mkfs.erofs', ['--quiet', '-zlz4', image, small])
     const { ours, kernel } = await bothWays(image, { nanosecondTimes: 'touch' })
+    expect(ours.entries).toHaveLength(7)
     expect(ours).toEqual(kernel)
   }, 600_000)
 
