@@ -1,7 +1,7 @@
-import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
-import https from 'node:https'
+import type { IncomingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
-import { pipeline } from 'node:stream/promises'
+import type { Dispatcher } from 'undici'
+import { NetDispatcher } from './net.js'
 
 export type RequestBody = Uint8Array | AsyncIterable<Uint8Array>
 
@@ -13,56 +13,63 @@ export interface SendSpec {
   timeoutMs: number
 }
 
-/** Keep-alive agents of one client; `insecure` turns off certificate verification. Idle sockets
- *  do not keep the process alive; close() drops them at once. */
+/** A response head with its body stream; the caller consumes, drains or destroys the body. */
+export interface Response {
+  statusCode: number
+  statusMessage: string
+  headers: IncomingHttpHeaders
+  body: Readable
+}
+
+/** The connections of one client: keep-alive, through the environment's proxy, trusting the system
+ *  CAs and the registry's certs.d (or verifying nothing when `insecure`). Idle sockets do not keep
+ *  the process alive; close() drops them at once. */
 export class Agents {
-  readonly http: http.Agent
-  readonly https: https.Agent
-  constructor(insecure: boolean) {
-    this.http = new http.Agent({ keepAlive: true })
-    this.https = new https.Agent({ keepAlive: true, rejectUnauthorized: !insecure })
+  readonly dispatcher: NetDispatcher
+  constructor(insecure: boolean, opts: { certsHost?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
+    this.dispatcher = new NetDispatcher({
+      insecure,
+      ...(opts.certsHost !== undefined ? { certsHost: opts.certsHost } : {}),
+      ...(opts.env !== undefined ? { env: opts.env } : {}),
+      ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    })
   }
   close(): void {
-    this.http.destroy()
-    this.https.destroy()
+    this.dispatcher.close().catch(() => {})
   }
 }
 
-/** Sends one request and resolves with the response head; the caller consumes or drains the body.
- *  Rejects with the socket's error (its `code` tells refused, unknown host, TLS, timeout...). */
-export function send(agents: Agents, spec: SendSpec): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const isHttps = spec.url.protocol === 'https:'
-    const mod = isHttps ? https : http
-    const req = mod.request(spec.url, {
-      method: spec.method,
-      headers: spec.headers,
-      agent: isHttps ? agents.https : agents.http,
-      timeout: spec.timeoutMs,
-    })
-    req.on('response', resolve)
-    req.on('error', reject)
-    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
-    const body = spec.body
-    if (body === undefined) req.end()
-    else if (body instanceof Uint8Array) req.end(body)
-    else {
-      pipeline(body instanceof Readable ? body : Readable.from(body, { objectMode: false }), req).catch((e) => {
-        req.destroy(e)
-        reject(e)
-      })
-    }
+/** Sends one request and resolves with the response head. Rejects with the connection's error
+ *  (its `code` tells refused, unknown host, TLS, timeout...). */
+export async function send(agents: Agents, spec: SendSpec): Promise<Response> {
+  const body = spec.body
+  const res = await agents.dispatcher.request({
+    origin: spec.url.origin,
+    path: `${spec.url.pathname}${spec.url.search}`,
+    method: spec.method as Dispatcher.HttpMethod,
+    headers: spec.headers,
+    ...(body === undefined
+      ? {}
+      : { body: body instanceof Uint8Array ? body : body instanceof Readable ? body : Readable.from(body) }),
+    headersTimeout: spec.timeoutMs,
+    bodyTimeout: spec.timeoutMs,
   })
+  return {
+    statusCode: res.statusCode,
+    statusMessage: (res as { statusText?: string }).statusText ?? '',
+    headers: res.headers as IncomingHttpHeaders,
+    body: res.body,
+  }
 }
 
 /** Reads a whole (small) body; rejects past `limit` bytes so a hostile server can't fill memory. */
-export async function readBody(res: IncomingMessage, limit: number): Promise<Buffer> {
+export async function readBody(res: Response, limit: number): Promise<Buffer> {
   const chunks: Buffer[] = []
   let n = 0
-  for await (const chunk of res) {
+  for await (const chunk of res.body) {
     n += (chunk as Buffer).byteLength
     if (n > limit) {
-      res.destroy()
+      res.body.destroy()
       throw Object.assign(new Error(`response larger than ${limit} bytes`), { code: 'ETOOBIG' })
     }
     chunks.push(chunk as Buffer)
@@ -71,19 +78,13 @@ export async function readBody(res: IncomingMessage, limit: number): Promise<Buf
 }
 
 /** Discards a body so the connection can be reused (or drops it if the body is large). */
-export async function drain(res: IncomingMessage): Promise<void> {
-  // A parsed but unread response never emits 'end', and only 'end' hands the socket back to the
-  // pool: left alone it stays referenced and keeps the process alive until the server hangs up.
-  if (res.complete) {
-    res.resume()
-    return
-  }
+export async function drain(res: Response): Promise<void> {
   try {
     let n = 0
-    for await (const chunk of res) {
+    for await (const chunk of res.body) {
       n += (chunk as Buffer).byteLength
       if (n > 1 << 20) {
-        res.destroy()
+        res.body.destroy()
         return
       }
     }

@@ -31,3 +31,27 @@ export {
   type CopyImageOptions,
   type TransportRef,
 } from './copy.js'
+export {
+  NetDispatcher,
+  type DispatcherOptions,
+  type ProxyConfig,
+  type HostCerts,
+  proxyConfig,
+  proxyFor,
+  describeProxy,
+  trustedCas,
+  hostCerts,
+  certsDirs,
+  sharedDispatcher,
+  netFetch,
+} from './net.js'
+export {
+  type RegistryEntry,
+  type PullSource,
+  type RegistriesConfOptions,
+  registriesConfFiles,
+  readRegistriesConf,
+  findRegistryEntry,
+  pullSources,
+  pushTarget,
+} from './registries-conf.js'
