@@ -13,7 +13,7 @@ import type { Descriptor } from '@stacker/oci'
 import { changedPaths, type TreeEntry } from './hashing.js'
 
 /** Bumped whenever the meaning of a cache entry or of a generated layer changes. */
-export const CACHE_VERSION = 3
+export const CACHE_VERSION = 4
 
 export interface ImportPart {
   path: string
@@ -66,8 +66,42 @@ export type Origin =
   | { kind: 'image'; layout: string; digest: Digest; contents: string[] }
   | { kind: 'empty' }
 
-export function cacheKey(parts: CacheParts): Digest {
-  const forKey = { v: CACHE_VERSION, ...parts, overlayDirs: parts.overlayDirs.map(({ entries: _e, ...rest }) => rest) }
+/** The token that stands for the stackerfile's directory in a portable key. */
+const ROOT_TOKEN = '${STACKERFILE_DIR}'
+
+/** `value` with every string naming `root` or a path under it rewritten relative to ROOT_TOKEN. */
+function portable(value: unknown, root: string): unknown {
+  if (typeof value === 'string') {
+    if (value === root) return ROOT_TOKEN
+    return value.startsWith(`${root}/`) ? `${ROOT_TOKEN}${value.slice(root.length)}` : value
+  }
+  if (Array.isArray(value)) return value.map((v) => portable(v, root))
+  if (value !== null && typeof value === 'object') {
+    const out: Record<string, unknown> = {}
+    for (const [k, v] of Object.entries(value)) out[k] = portable(v, root)
+    return out
+  }
+  return value
+}
+
+/**
+ * A layer's cache key. It is portable: the same stackerfile gives the same key on any machine, in
+ * any directory, so a shared cache (see remote-cache.ts) can answer for it. Host paths under the
+ * stackerfile's directory `root` (imports, overlay_dirs, binds, substituted dirs) enter relative
+ * to it; imports and overlay_dirs enter by content digest; `build_env` values enter with the
+ * definition (a different value is a miss), and the key, a digest, shows none of them.
+ */
+export function cacheKey(parts: CacheParts, root: string): Digest {
+  const forKey = {
+    v: CACHE_VERSION,
+    ...parts,
+    definition: portable(parts.definition, root),
+    imports: parts.imports.map((i) => ({ ...i, path: portable(i.path, root) })),
+    overlayDirs: parts.overlayDirs.map(({ entries: _e, source, ...rest }) => ({
+      ...rest,
+      source: portable(source, root),
+    })),
+  }
   return sha256Digest(canonicalJson(forKey))
 }
 

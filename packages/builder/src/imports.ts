@@ -288,7 +288,12 @@ export async function destImportContent(ctx: BuildContext, imp: ResolvedImport, 
   if (imp.part.kind === 'missing')
     throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
   const { name } = destPlacement(spec.path, dest)
-  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir])).slice(7, 39)}`
+  // Named from the content and where it lands, never from host paths: the same import on another
+  // machine (a shared cache's) gets the same id. The source's basename and trailing slash decide
+  // the placement (destPlacement).
+  const { kind, digest, dest: destPart } = imp.part
+  const placement = [basename(spec.path), spec.path.endsWith('/')]
+  const id = `imp_${sha256Digest(JSON.stringify([kind, digest, destPart ?? null, spec.mode, spec.uid, spec.gid, dest, placement, dir])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
     const targetDir = join(root, dir)
     await mkdir(targetDir, { recursive: true })
