@@ -70,7 +70,7 @@ export function cacheTag(key: Digest): string {
 
 /** Parses a `--cache-to`/`--cache-from` value: `docker://host[:port]/repository`, no tag. */
 async function parseCacheRef(value: string, flag: string): Promise<ImageRef> {
-  const { parseImageRef } = await import('@stacker/registry')
+  const { makeRef, parseImageRef } = await import('@stacker/registry')
   const text = value.startsWith('docker://') ? value : `docker://${value}`
   let ref: ImageRef
   try {
@@ -84,7 +84,8 @@ async function parseCacheRef(value: string, flag: string): Promise<ImageRef> {
       'USAGE',
       `invalid ${flag} ${JSON.stringify(value)}: expected docker://host[:port]/repository without a tag`,
     )
-  return ref
+  // Tags are the cache's own (cacheTag): the repository alone names the cache in messages.
+  return makeRef(ref.registry, ref.repository)
 }
 
 class Endpoint {
@@ -232,8 +233,10 @@ export class RemoteCache {
         const m = await client.getRawManifest(desc.digest)
         manifest = JSON.parse(m.bytes.toString('utf8')) as Manifest
       } catch (e) {
+        // Layers asking at once may fail together: one line says it.
+        if (!endpoint.disabled)
+          log.warn(`remote cache ${endpoint.label} unavailable, building without it: ${errorText(e)}`)
         endpoint.disabled = true
-        log.warn(`remote cache ${endpoint.label} unavailable, building without it: ${errorText(e)}`)
         continue
       }
       try {
@@ -311,6 +314,7 @@ export class RemoteCache {
           return
         }
         // A registry that refuses one layer refuses the next: say it once.
+        if (endpoint.disabled) return
         endpoint.disabled = true
         log.warn(`${message}; the build goes on without it`)
       })
