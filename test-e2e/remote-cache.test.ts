@@ -524,7 +524,7 @@ describe('faults build locally, with one warning', () => {
       const m = await getManifest(reg, 'cache', tag)
       const rec = JSON.parse((await getBlob(reg, 'cache', m.config.digest)).toString('utf8')) as Record<string, unknown>
       if (rec.layer === 'app') rec.platform = { os: 'linux', architecture: 'riscv64' }
-      // A valid blob (leaf's), under mid's diffId and content id: only extracting it can tell.
+      // A valid blob (leaf's), under mid's diffId and content id: only uncompressing it can tell.
       else if (rec.layer === 'mid')
         rec.ownContentBlob = { ...(rec.ownContentBlob as object), descriptor: leaf.ownContentBlob.descriptor }
       else continue
@@ -546,7 +546,7 @@ describe('faults build locally, with one warning', () => {
         /^app: remote cached layer app in .* is for linux\/riscv64, not linux\/\w+; building it locally$/,
       ),
       expect.stringMatching(
-        /^mid: remote cached layer mid in .* is unusable \(the extracted content of d_\w+ has diff sha256:\w+, not sha256:\w+\); building it locally$/,
+        /^mid: remote cached layer mid in .* is unusable \(blob sha256:\w+ uncompresses to sha256:\w+, not sha256:\w+\); building it locally$/,
       ),
     ])
     expect(ranSteps(r).some((l) => l.endsWith('+ echo mid'))).toBe(true)
@@ -556,5 +556,35 @@ describe('faults build locally, with one warning', () => {
       Object.fromEntries(Object.entries(aDigests).filter(([t]) => !t.endsWith('-squashfs'))),
     )
     await checkApp(b)
+  })
+})
+
+describe('pulled filesystems', () => {
+  it('are extracted when first read, and refused if they do not extract to their content id', async () => {
+    const recs = await records(reg, 'cache')
+    const idOf = (name: string) => (recs.find((r) => r.layer === name) as { ownContent: string }).ownContent
+    const b = await machine()
+    const r = expectOk(await build(b, ['--cache-from', `docker://${reg.host}/cache`]))
+    expect(r.stderr).toContain('found remote cached layer leaf')
+    const pulled = b.path('.stacker/layer-bases/pulled')
+    // app and mid (their records rewritten above) were built here, on base's filesystem, which was
+    // extracted for that; nothing read leaf's: its tar waits, unextracted.
+    expect((await readdir(pulled)).sort()).toEqual([`${idOf('leaf')}.json`, `${idOf('leaf')}.tar.gz`])
+    // The tar of leaf's diff swapped for base's: the child that reads leaf's filesystem fails.
+    const baseBlob = (recs.find((x) => x.layer === 'base') as { ownContentBlob: { descriptor: { digest: string } } })
+      .ownContentBlob.descriptor.digest
+    await writeFile(
+      join(pulled, `${idOf('leaf')}.tar.gz`),
+      await readFile(b.path(`oci/blobs/sha256/${baseBlob.slice('sha256:'.length)}`)),
+    )
+    await writeFile(
+      b.path('stacker.yaml'),
+      stackerYaml('extra:\n  from:\n    type: built\n    tag: leaf\n  run: cat /data > /copy\n'),
+    )
+    const bad = await build(b, [])
+    expect(bad.exitCode).toBe(1)
+    expect(bad.stderr.split('\n').filter((l) => l.startsWith('error:'))).toEqual([
+      expect.stringContaining(`the content ${idOf('leaf')} pulled from the shared cache extracts to diff`),
+    ])
   })
 })

@@ -29,12 +29,13 @@ import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
 import { seedProjection } from './projections.js'
-import { RemoteCache, type RecordBlob } from './remote-cache.js'
+import { hasPulledContent, registerPulledContent } from './pulled-contents.js'
+import { RemoteCache } from './remote-cache.js'
 import { destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
 import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
 import { closeChainContents } from './fs-contents.js'
-import { commitLayerContent, contentDigest, contentIdFor, DIFF_PREFIX } from './content.js'
+import { commitLayerContent, contentIdFor, DIFF_PREFIX } from './content.js'
 import { hostCouplings } from './coupling.js'
 import { openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
@@ -246,7 +247,8 @@ async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<Over
 /** The ids of `chain` whose content is gone (e.g. the roots dir was deleted). */
 async function missingContent(ctx: BuildContext, chain: readonly string[]): Promise<string[]> {
   const out: string[] = []
-  for (const id of chain) if (!(await ctx.store.hasContent(id))) out.push(id)
+  for (const id of chain)
+    if (!(await ctx.store.hasContent(id)) && !(await hasPulledContent(ctx.s.dirs.stackerDir, id))) out.push(id)
   return out
 }
 
@@ -490,12 +492,25 @@ async function useRemoteRecord(ctx: BuildContext, layer: Layer, plan: LayerPlan)
       if (!record.outputs[outputKey(out)]) throw new StackerError('REGISTRY', `it has no ${outputKey(out)} output`)
     const keys = new Set(outs.map(outputKey))
     const projections = record.projections.filter((p) => keys.has(p.output))
-    const ownBlob = own !== null && !(await ctx.store.hasContent(own)) ? record.ownContentBlob : null
-    await remote.fetchBlobs(ctx, found, [
-      ...projections.map((p) => p.descriptor),
-      ...(ownBlob ? [ownBlob.descriptor] : []),
-    ])
-    if (own !== null && ownBlob) await materialiseContent(ctx, own, ownBlob)
+    const stackerDir = ctx.s.dirs.stackerDir
+    const ownBlob =
+      own !== null && !(await ctx.store.hasContent(own)) && !(await hasPulledContent(stackerDir, own))
+        ? record.ownContentBlob
+        : null
+    if (own !== null && ownBlob && contentIdFor(ownBlob.diffId, ctx.s.sourceDateEpoch) !== own)
+      throw new StackerError('DIGEST', `content id ${own} does not match its diff ${ownBlob.diffId}`)
+    await remote.fetchBlobs(
+      ctx,
+      found,
+      [...projections.map((p) => p.descriptor), ...(ownBlob ? [ownBlob.descriptor] : [])],
+      new Map(ownBlob ? [[ownBlob.descriptor.digest, ownBlob.diffId]] : []),
+    )
+    // The diff is extracted (and checked again, tree against id) when something first reads it.
+    if (own !== null && ownBlob)
+      await registerPulledContent(stackerDir, ctx.layout, own, ownBlob.descriptor, {
+        diffId: ownBlob.diffId,
+        sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
+      })
     for (const p of projections) {
       const out = outs.find((o) => outputKey(o) === p.output) as OutputType
       await seedProjection(
@@ -538,25 +553,6 @@ async function useRemoteRecord(ctx: BuildContext, layer: Layer, plan: LayerPlan)
     log.warn(`remote cached layer ${layer.name} in ${found.endpoint.label} is unusable (${why}); building it locally`)
     return undefined
   }
-}
-
-/** Extracts a pulled tar of a layer's own diff into the store under `id`, refusing it unless its
- *  content, tarred again, has the recorded diffId and that diffId gives `id`. */
-async function materialiseContent(ctx: BuildContext, id: string, blob: RecordBlob): Promise<void> {
-  const sde = ctx.s.sourceDateEpoch
-  if (contentIdFor(blob.diffId, sde) !== id)
-    throw new StackerError('DIGEST', `content id ${id} does not match its diff ${blob.diffId}`)
-  await ctx.store.ensureContent(id, async (dir) => {
-    await extractTarLayer(ctx.layout.openBlob(blob.descriptor.digest), dir, {
-      ...(ctx.s.signal !== undefined ? { signal: ctx.s.signal } : {}),
-      whiteouts: 'overlay',
-      compression: 'auto',
-      sourceDescription: blob.descriptor.digest,
-    })
-    const got = await contentDigest(dir, sde)
-    if (got !== blob.diffId)
-      throw new StackerError('DIGEST', `the extracted content of ${id} has diff ${got}, not ${blob.diffId}`)
-  })
 }
 
 /** Makes every requested output of a layer, reusing cached ones, and returns the tags to set. */

@@ -5,6 +5,8 @@ import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/laye
 import { Annotations, type Descriptor, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
+import { DIFF_PREFIX } from './content.js'
+import { materialisePulled } from './pulled-contents.js'
 import { copyTree, exists } from './util.js'
 
 /** squashfs/erofs base layers are not extracted: their content dir is where the image is opened
@@ -63,7 +65,11 @@ export async function openChainContents(
   chain: readonly string[],
 ): Promise<void> {
   for (const id of chain) {
-    if (!id.startsWith(FSIMAGE_PREFIX)) continue
+    if (!id.startsWith(FSIMAGE_PREFIX)) {
+      // Diffs found in the shared cache are extracted by their first reader (pulled-contents.ts).
+      if (id.startsWith(DIFF_PREFIX) && !(await opts.store.hasContent(id))) await materialisePulled(opts, id)
+      continue
+    }
     let p = opened.get(id)
     if (!p) {
       p = openOne(opts, id)

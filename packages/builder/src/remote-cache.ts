@@ -1,4 +1,13 @@
-import { canonicalJson, type Digest, digestHex, isDigest, type Logger, StackerError, sha256Digest } from '@stacker/core'
+import {
+  canonicalJson,
+  type Digest,
+  digestHex,
+  Hasher,
+  isDigest,
+  type Logger,
+  StackerError,
+  sha256Digest,
+} from '@stacker/core'
 import type { Descriptor, Manifest } from '@stacker/oci'
 import type { ImageRef, RegistryClient } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
@@ -280,8 +289,14 @@ export class RemoteCache {
   }
 
   /** Copies `blobs` from the record's repository into the build's layout (each verified by
-   *  digest and size before it is committed), three at a time. Blobs already there are skipped. */
-  async fetchBlobs(ctx: BuildContext, found: FoundRecord, blobs: readonly Descriptor[]): Promise<void> {
+   *  digest and size before it is committed), three at a time. Blobs already there are skipped.
+   *  A blob in `diffIds` (a gzip tar) must also decompress to that digest, checked as it streams. */
+  async fetchBlobs(
+    ctx: BuildContext,
+    found: FoundRecord,
+    blobs: readonly Descriptor[],
+    diffIds: ReadonlyMap<string, Digest> = new Map(),
+  ): Promise<void> {
     const client = await found.endpoint.client()
     const todo: Descriptor[] = []
     const seen = new Set<string>()
@@ -294,7 +309,9 @@ export class RemoteCache {
     const worker = async () => {
       while (next < todo.length) {
         const d = todo[next++] as Descriptor
-        await ctx.layout.putBlob(await client.fetchBlob(d), { digest: d.digest, size: d.size })
+        const body = await client.fetchBlob(d)
+        const diffId = diffIds.get(d.digest)
+        await ctx.layout.putBlob(diffId ? checkingDiffId(body, d, diffId) : body, { digest: d.digest, size: d.size })
       }
     }
     await Promise.all([worker(), worker(), worker()])
@@ -417,6 +434,44 @@ async function makeRecord(ctx: BuildContext, b: BuiltLayer): Promise<CacheRecord
     projections,
     outputs,
   }
+}
+
+const CHECK_BUFFER = 32 << 20
+
+/** Passes `body` through while gunzipping and hashing a copy; fails at the end (before the
+ *  consumer can commit) unless the uncompressed bytes have digest `diffId`. */
+async function* checkingDiffId(
+  body: AsyncIterable<Uint8Array>,
+  d: Descriptor,
+  diffId: Digest,
+): AsyncGenerator<Uint8Array> {
+  if (!/\+gzip$/.test(d.mediaType) && !d.mediaType.endsWith('.gzip'))
+    throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`)
+  const { createGunzip } = await import('node:zlib')
+  const gunzip = createGunzip()
+  const h = new Hasher()
+  const done = new Promise<void>((resolve, reject) => {
+    gunzip.on('data', (c: Buffer) => h.update(c))
+    gunzip.on('end', resolve)
+    gunzip.on('error', reject)
+  })
+  done.catch(() => {})
+  try {
+    for await (const chunk of body) {
+      gunzip.write(chunk)
+      yield chunk
+      // The download goes on while zlib (on the thread pool) catches up, up to a bound on memory.
+      if (gunzip.writableLength > CHECK_BUFFER) await new Promise<void>((r) => gunzip.once('drain', r))
+    }
+    gunzip.end()
+    await done
+  } catch (e) {
+    gunzip.destroy()
+    if (e instanceof StackerError) throw e
+    throw new StackerError('DIGEST', `blob ${d.digest} is not a valid gzip stream`, { cause: e })
+  }
+  const got = h.digest()
+  if (got !== diffId) throw new StackerError('DIGEST', `blob ${d.digest} uncompresses to ${got}, not ${diffId}`)
 }
 
 function blobOf(p: Projection): RecordBlob {
