@@ -69,19 +69,21 @@ export type Origin =
 /** The token that stands for the stackerfile's directory in a portable key. */
 const ROOT_TOKEN = '${STACKERFILE_DIR}'
 
-/** `value` with every string naming `root` or a path under it rewritten relative to ROOT_TOKEN. */
+/** `value` with every mention of `root` (or a path under it) in its strings, also inside a longer
+ *  string such as a run line, rewritten relative to ROOT_TOKEN. */
 function portable(value: unknown, root: string): unknown {
-  if (typeof value === 'string') {
-    if (value === root) return ROOT_TOKEN
-    return value.startsWith(`${root}/`) ? `${ROOT_TOKEN}${value.slice(root.length)}` : value
+  const re = new RegExp(`(?<![\\w.-])${root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?![\\w.-])`, 'g')
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') return v.includes(root) ? v.replace(re, ROOT_TOKEN) : v
+    if (Array.isArray(v)) return v.map(walk)
+    if (v !== null && typeof v === 'object') {
+      const out: Record<string, unknown> = {}
+      for (const [k, x] of Object.entries(v)) out[k] = walk(x)
+      return out
+    }
+    return v
   }
-  if (Array.isArray(value)) return value.map((v) => portable(v, root))
-  if (value !== null && typeof value === 'object') {
-    const out: Record<string, unknown> = {}
-    for (const [k, v] of Object.entries(value)) out[k] = portable(v, root)
-    return out
-  }
-  return value
+  return root === '/' || root === '' ? value : walk(value)
 }
 
 /**

@@ -478,11 +478,6 @@ function blobOf(p: Projection): RecordBlob {
   return { descriptor: p.descriptor, diffId: p.diffId }
 }
 
-/** The blob of the record to extract for the layer's own content. */
-export function materialiseOutput(): OutputType {
-  return MATERIALISE_OUTPUT
-}
-
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e)
 }
