@@ -114,6 +114,8 @@ export interface HostCerts {
   key?: string
 }
 
+/** The certs.d directory of `hostPort` (`host[:port]`), the first of certsDirs() that has one, read;
+ *  undefined when none has. */
 export function hostCerts(hostPort: string, env: NodeJS.ProcessEnv = process.env): HostCerts | undefined {
   for (const base of certsDirs(env)) {
     const dir = join(base, hostPort)
@@ -165,6 +167,7 @@ function envAny(env: NodeJS.ProcessEnv, ...names: string[]): string | undefined 
   return undefined
 }
 
+/** Reads ProxyConfig from `env`. */
 export function proxyConfig(env: NodeJS.ProcessEnv = process.env): ProxyConfig {
   return {
     httpProxy: envAny(env, 'HTTP_PROXY', 'http_proxy'),
