@@ -28,22 +28,50 @@ const project = projectsPerTest()
 
 interface TunnelProxy {
   url: string
-  /** `host:port` of every CONNECT, in order. */
+  /** `host:port` of every CONNECT and every forwarded request, in order. */
   connects: string[]
   close(): Promise<void>
 }
 
-/** A CONNECT proxy: `NAME.example.invalid:PORT` is tunnelled to 127.0.0.1:PORT, anything else to
- *  itself. Requests other than CONNECT are refused. */
+const resolveInvalid = (host: string) => (host.endsWith('.example.invalid') ? '127.0.0.1' : host)
+
+/** A proxy: CONNECT tunnels (https) and absolute-URI requests (http), with `NAME.example.invalid`
+ *  resolved to 127.0.0.1. */
 async function startTunnelProxy(): Promise<TunnelProxy> {
   const connects: string[] = []
   const sockets = new Set<net.Socket>()
-  const server = http.createServer((_req, res) => res.writeHead(405).end())
+  const server = http.createServer((req, res) => {
+    let target: URL
+    try {
+      target = new URL(req.url ?? '')
+    } catch {
+      res.writeHead(400).end()
+      return
+    }
+    connects.push(target.host)
+    const headers = { ...req.headers }
+    delete headers['proxy-connection']
+    const up = http.request(
+      {
+        host: resolveInvalid(target.hostname),
+        port: Number(target.port) || 80,
+        method: req.method,
+        path: `${target.pathname}${target.search}`,
+        headers,
+      },
+      (ures) => {
+        res.writeHead(ures.statusCode ?? 502, ures.headers)
+        ures.pipe(res)
+      },
+    )
+    up.on('error', () => res.destroy())
+    req.pipe(up)
+  })
   server.on('connect', (req: http.IncomingMessage, client: net.Socket, head: Buffer) => {
     const target = req.url ?? ''
     connects.push(target)
     const [host, port] = target.split(':')
-    const upstream = net.connect(Number(port), host?.endsWith('.example.invalid') ? '127.0.0.1' : (host ?? ''))
+    const upstream = net.connect(Number(port), resolveInvalid(host ?? ''))
     sockets.add(client)
     sockets.add(upstream)
     upstream.on('connect', () => {
@@ -220,7 +248,8 @@ describe('proxies', () => {
     })
     expectOk(r)
     expect(await readRoot(p, 'img', 'hello')).toBe('hello through the proxy\n')
-    // https was tried first (through the tunnel), then plain http, as for any insecure registry.
+    // https was tried first (a CONNECT tunnel), then plain http (absolute-URI requests), as for any
+    // insecure registry; the http import as absolute-URI requests.
     expect(new Set(proxy.connects)).toEqual(new Set([regName, fileName]))
     expect(files.requests.some((q) => q.path === '/hello.txt')).toBe(true)
   })

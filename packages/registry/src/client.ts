@@ -783,7 +783,7 @@ export class RegistryClient {
     const cause = (e as { cause?: unknown } | null)?.cause
     let code = errnoCode(e)
     if (code === 'UND_ERR_SOCKET' && errnoCode(cause) !== undefined) code = errnoCode(cause)
-    const proxy = url ? this.#agents.dispatcher.proxyFor(url) : undefined
+    const proxy = url ? this.#agents.net.proxyFor(url) : undefined
     const host = url?.hostname ?? registryHost(this.ref.registry).replace(/:\d+$/, '')
     const prefix = what ? `${what}: ` : ''
     let detail: string

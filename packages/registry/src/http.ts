@@ -1,6 +1,7 @@
-import type { IncomingHttpHeaders } from 'node:http'
+import http, { type IncomingHttpHeaders, type IncomingMessage } from 'node:http'
+import https from 'node:https'
 import { Readable } from 'node:stream'
-import type { Dispatcher } from 'undici'
+import { pipeline } from 'node:stream/promises'
 import { NetDispatcher } from './net.js'
 
 export type RequestBody = Uint8Array | AsyncIterable<Uint8Array>
@@ -18,48 +19,107 @@ export interface Response {
   statusCode: number
   statusMessage: string
   headers: IncomingHttpHeaders
-  body: Readable
+  body: IncomingMessage
 }
 
-/** The connections of one client: keep-alive, through the environment's proxy, trusting the system
- *  CAs and the registry's certs.d (or verifying nothing when `insecure`). Idle sockets do not keep
- *  the process alive; close() drops them at once. */
+type ProxyAgents = { http: http.Agent; https: http.Agent }
+
+/** The connections of one client: node's keep-alive agents (node's native HTTP parser: a registry
+ *  transfer is bound by copying bytes, and it copies least), through the environment's proxy with
+ *  the proxy-agents packages (CONNECT tunnels for https, absolute-URI requests for http, as Go's
+ *  net/http does), trusting the system CAs and the registry's certs.d, or verifying nothing when
+ *  `insecure`. Idle sockets do not keep the process alive; close() drops them at once. */
 export class Agents {
-  readonly dispatcher: NetDispatcher
+  readonly net: NetDispatcher
+  readonly #insecure: boolean
+  readonly #http = new http.Agent({ keepAlive: true })
+  #https: https.Agent | undefined
+  readonly #proxied = new Map<string, ProxyAgents>()
+
   constructor(insecure: boolean, opts: { certsHost?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}) {
-    this.dispatcher = new NetDispatcher({
+    this.#insecure = insecure
+    this.net = new NetDispatcher({
       insecure,
       ...(opts.certsHost !== undefined ? { certsHost: opts.certsHost } : {}),
       ...(opts.env !== undefined ? { env: opts.env } : {}),
       ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
     })
   }
+
+  /** TLS options of a request to the registry (direct or tunnelled). */
+  tls(): https.RequestOptions {
+    return this.net.tlsOptions() as https.RequestOptions
+  }
+
+  /** The agent for a request to `url`. */
+  async agentFor(url: URL): Promise<http.Agent> {
+    const proxy = this.net.proxyFor(url)
+    const secure = url.protocol === 'https:'
+    if (!proxy) {
+      if (!secure) return this.#http
+      this.#https ??= new https.Agent({ keepAlive: true, ...(this.#insecure ? { rejectUnauthorized: false } : {}) })
+      return this.#https
+    }
+    let p = this.#proxied.get(proxy.href)
+    if (!p) {
+      // Loaded only when a proxy is in use.
+      const [{ HttpsProxyAgent }, { HttpProxyAgent }] = await Promise.all([
+        import('https-proxy-agent'),
+        import('http-proxy-agent'),
+      ])
+      p = {
+        https: new HttpsProxyAgent(proxy, { keepAlive: true }) as unknown as http.Agent,
+        http: new HttpProxyAgent(proxy, { keepAlive: true }) as unknown as http.Agent,
+      }
+      this.#proxied.set(proxy.href, p)
+    }
+    return secure ? p.https : p.http
+  }
+
   close(): void {
-    this.dispatcher.close().catch(() => {})
+    this.#http.destroy()
+    this.#https?.destroy()
+    for (const p of this.#proxied.values()) {
+      p.http.destroy()
+      p.https.destroy()
+    }
   }
 }
 
-/** Sends one request and resolves with the response head. Rejects with the connection's error
- *  (its `code` tells refused, unknown host, TLS, timeout...). */
+/** Sends one request and resolves with the response head. Rejects with the socket's error (its
+ *  `code` tells refused, unknown host, TLS, timeout...). */
 export async function send(agents: Agents, spec: SendSpec): Promise<Response> {
-  const body = spec.body
-  const res = await agents.dispatcher.request({
-    origin: spec.url.origin,
-    path: `${spec.url.pathname}${spec.url.search}`,
-    method: spec.method as Dispatcher.HttpMethod,
-    headers: spec.headers,
-    ...(body === undefined
-      ? {}
-      : { body: body instanceof Uint8Array ? body : body instanceof Readable ? body : Readable.from(body) }),
-    headersTimeout: spec.timeoutMs,
-    bodyTimeout: spec.timeoutMs,
+  const isHttps = spec.url.protocol === 'https:'
+  const agent = await agents.agentFor(spec.url)
+  const mod = isHttps ? https : http
+  return new Promise((resolve, reject) => {
+    const req = mod.request(spec.url, {
+      method: spec.method,
+      headers: spec.headers,
+      agent,
+      timeout: spec.timeoutMs,
+      ...(isHttps ? agents.tls() : {}),
+    })
+    req.on('response', (res: IncomingMessage) =>
+      resolve({
+        statusCode: res.statusCode ?? 0,
+        statusMessage: res.statusMessage ?? '',
+        headers: res.headers,
+        body: res,
+      }),
+    )
+    req.on('error', reject)
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })))
+    const body = spec.body
+    if (body === undefined) req.end()
+    else if (body instanceof Uint8Array) req.end(body)
+    else {
+      pipeline(body instanceof Readable ? body : Readable.from(body, { objectMode: false }), req).catch((e) => {
+        req.destroy(e)
+        reject(e)
+      })
+    }
   })
-  return {
-    statusCode: res.statusCode,
-    statusMessage: (res as { statusText?: string }).statusText ?? '',
-    headers: res.headers as IncomingHttpHeaders,
-    body: res.body,
-  }
 }
 
 /** Reads a whole (small) body; rejects past `limit` bytes so a hostile server can't fill memory. */
@@ -79,6 +139,12 @@ export async function readBody(res: Response, limit: number): Promise<Buffer> {
 
 /** Discards a body so the connection can be reused (or drops it if the body is large). */
 export async function drain(res: Response): Promise<void> {
+  // A parsed but unread response never emits 'end', and only 'end' hands the socket back to the
+  // pool: left alone it stays referenced and keeps the process alive until the server hangs up.
+  if (res.body.complete) {
+    res.body.resume()
+    return
+  }
   try {
     let n = 0
     for await (const chunk of res.body) {

@@ -354,6 +354,12 @@ export class NetDispatcher {
     return proxyFor(url, this.#config)
   }
 
+  /** TLS options for a connection to the host: the shared secure context of the trusted CAs
+   *  (and the host's certs.d), or no verification when insecure. */
+  tlsOptions(): { rejectUnauthorized: false } | { secureContext: SecureContext } {
+    return tlsOptions(this.#opts)
+  }
+
   /** The undici dispatcher: direct or proxied per request origin. */
   dispatcher(): Promise<Dispatcher> {
     this.#dispatcher ??= loadUndici().then((u) => makeDispatcher(u, this.#opts, (url) => this.proxyFor(url)))
@@ -405,6 +411,9 @@ function makeDispatcher(u: Undici, opts: DispatcherOptions, proxyOf: (url: URL) 
         uri: proxy.href,
         // The target's TLS goes through the tunnel with the same trust as a direct connection.
         requestTls: connectOptions(),
+        // http targets as absolute-URI requests, https ones through CONNECT, as Go's net/http does:
+        // proxies commonly refuse CONNECT to ports other than 443.
+        proxyTunnel: false,
         ...(opts.insecure ? { proxyTls: { rejectUnauthorized: false } } : {}),
       })
       proxied.set(proxy.href, agent)
