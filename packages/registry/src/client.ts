@@ -1,4 +1,3 @@
-import type { IncomingMessage } from 'node:http'
 import {
   type Digest,
   digestAlgorithm,
@@ -20,7 +19,18 @@ import {
   platformMatches,
 } from '@stacker/oci'
 import { type Credentials, type CredentialsEntry, lookupAuthEntry } from './auth-file.js'
-import { Agents, type Challenge, drain, header, parseChallenge, type RequestBody, readBody, send } from './http.js'
+import {
+  Agents,
+  type Challenge,
+  drain,
+  header,
+  parseChallenge,
+  type RequestBody,
+  type Response,
+  readBody,
+  send,
+} from './http.js'
+import { describeProxy } from './net.js'
 import { type ImageRef, registryHost } from './ref.js'
 
 export interface RegistryClientOptions {
@@ -173,7 +183,11 @@ export class RegistryClient {
     this.#userAgent = opts.userAgent ?? 'stacker-ts'
     this.#chunkSize = Math.max(1, opts.chunkSize ?? DEFAULT_CHUNK_SIZE)
     this.#timeoutMs = opts.timeoutMs ?? 60_000
-    this.#agents = new Agents(this.#insecure)
+    this.#agents = new Agents(this.#insecure, {
+      certsHost: ref.registry,
+      ...(opts.env !== undefined ? { env: opts.env } : {}),
+      timeoutMs: this.#timeoutMs,
+    })
   }
 
   /** How often and how patiently callers that stream (pullImage) should retry a lost transfer. */
@@ -380,13 +394,13 @@ export class RegistryClient {
     throw await this.#statusError(action, res, `blob ${digest}`)
   }
 
-  async *#verifiedBody(res: IncomingMessage, desc: Descriptor): AsyncGenerator<Uint8Array> {
+  async *#verifiedBody(res: Response, desc: Descriptor): AsyncGenerator<Uint8Array> {
     const h = new Hasher(digestAlgorithm(desc.digest))
     const id = desc.digest
     const label = shortDigest(desc.digest)
     let reported = 0
     try {
-      for await (const chunk of res) {
+      for await (const chunk of res.body) {
         const buf = chunk as Buffer
         h.update(buf)
         if (h.size > desc.size) {
@@ -402,7 +416,7 @@ export class RegistryClient {
       if (e instanceof StackerError) throw e
       throw this.#netError('pulling', e, `reading blob ${desc.digest}`)
     } finally {
-      if (!res.complete) res.destroy()
+      if (!res.body.readableEnded) res.body.destroy()
     }
     const got = h.digest()
     if (got !== desc.digest || h.size !== desc.size) {
@@ -496,7 +510,7 @@ export class RegistryClient {
     }
   }
 
-  async #location(res: IncomingMessage): Promise<URL> {
+  async #location(res: Response): Promise<URL> {
     const loc = header(res.headers, 'location')
     if (!loc) throw this.#error('pushing', 'REGISTRY', 'the registry sent no upload location')
     return new URL(loc, await this.#ensureBase('pushing'))
@@ -522,7 +536,7 @@ export class RegistryClient {
     for (const [i, scheme] of schemes.entries()) {
       const last = i === schemes.length - 1
       const base = new URL(`${scheme}://${host}`)
-      let res: IncomingMessage
+      let res: Response
       try {
         res = await this.#sendRetrying(
           action,
@@ -555,10 +569,10 @@ export class RegistryClient {
     action: Action,
     build: () => Promise<Parameters<typeof send>[1]> | Parameters<typeof send>[1],
     retries: number,
-  ): Promise<IncomingMessage> {
+  ): Promise<Response> {
     for (let attempt = 0; ; attempt++) {
       const spec = await build()
-      let res: IncomingMessage
+      let res: Response
       try {
         res = await send(this.#agents, spec)
       } catch (e) {
@@ -581,7 +595,7 @@ export class RegistryClient {
     }
   }
 
-  async #call(spec: CallSpec): Promise<IncomingMessage> {
+  async #call(spec: CallSpec): Promise<Response> {
     const base = await this.#ensureBase(spec.action)
     let url = typeof spec.url === 'string' ? new URL(spec.url, base) : spec.url
     const scopes = [
@@ -745,7 +759,7 @@ export class RegistryClient {
     return this.#error(action, 'AUTH', `${what} with the credentials of ${source}`)
   }
 
-  async #statusError(action: Action, res: IncomingMessage, what: string): Promise<StackerError> {
+  async #statusError(action: Action, res: Response, what: string): Promise<StackerError> {
     const status = res.statusCode ?? 0
     let message: string | undefined
     try {
@@ -765,7 +779,11 @@ export class RegistryClient {
 
   #netError(action: Action, e: unknown, what?: string, url?: URL): StackerError {
     if (e instanceof StackerError) return e
-    const code = errnoCode(e)
+    // undici reports a socket failure as UND_ERR_SOCKET with the socket's own error as its cause.
+    const cause = (e as { cause?: unknown } | null)?.cause
+    let code = errnoCode(e)
+    if (code === 'UND_ERR_SOCKET' && errnoCode(cause) !== undefined) code = errnoCode(cause)
+    const proxy = url ? this.#agents.net.proxyFor(url) : undefined
     const host = url?.hostname ?? registryHost(this.ref.registry).replace(/:\d+$/, '')
     const prefix = what ? `${what}: ` : ''
     let detail: string
@@ -788,7 +806,21 @@ export class RegistryClient {
         detail = 'connection lost'
         break
       case 'ETIMEDOUT':
+      case 'UND_ERR_CONNECT_TIMEOUT':
+      case 'UND_ERR_HEADERS_TIMEOUT':
+      case 'UND_ERR_BODY_TIMEOUT':
         detail = 'timed out'
+        break
+      case 'UND_ERR_SOCKET':
+      case 'UND_ERR_CLOSED':
+        detail = 'connection lost'
+        break
+      case 'UND_ERR_ABORTED':
+        // The proxy answered CONNECT with something other than 200 (undici's message has the status).
+        detail = proxy
+          ? `the proxy ${describeProxy(proxy)} refused the tunnel${/\((\d{3})\)/.exec((e as Error).message)?.[0] ? ` ${/\((\d{3})\)/.exec((e as Error).message)?.[0]}` : ''}`
+          : 'request aborted'
+        retryable = false
         break
       case 'EHOSTUNREACH':
       case 'ENETUNREACH':
@@ -803,6 +835,9 @@ export class RegistryClient {
           detail = oneLine(e instanceof Error ? e.message : String(e))
         }
     }
+    // A failure to reach the proxy is not the registry's: say so, naming the proxy (never its credentials).
+    if (proxy && (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EAI_AGAIN'))
+      detail = `proxy ${describeProxy(proxy)}: ${detail.replace(` ${host}`, ` ${proxy.hostname}`)}`
     const err = this.#error(action, 'REGISTRY', `${prefix}${detail}`, { cause: e, ...(hint ? { hint } : {}) })
     return retryable ? markRetryable(err) : err
   }

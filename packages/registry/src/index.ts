@@ -31,6 +31,30 @@ export {
   type CopyImageOptions,
   type TransportRef,
 } from './copy.js'
+export {
+  NetDispatcher,
+  type DispatcherOptions,
+  type ProxyConfig,
+  type HostCerts,
+  proxyConfig,
+  proxyFor,
+  describeProxy,
+  trustedCas,
+  hostCerts,
+  certsDirs,
+  sharedDispatcher,
+  netFetch,
+} from './net.js'
+export {
+  type RegistryEntry,
+  type PullSource,
+  type RegistriesConfOptions,
+  registriesConfFiles,
+  readRegistriesConf,
+  findRegistryEntry,
+  pullSources,
+  pushTarget,
+} from './registries-conf.js'
 // The core types this package's API takes and throws, so a user needs no second import.
 export { isStackerError, StackerError } from '@stacker/core'
 export type {

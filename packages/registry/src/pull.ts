@@ -168,7 +168,9 @@ async function fetchInto(
 ): Promise<BlobWriter> {
   const { retries, delayMs } = client.retryPolicy
   for (let attempt = 0; ; attempt++) {
-    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
+    // fetchBlob's stream checks the digest before it ends (and the writer is committed only after
+    // a clean end): hashing every byte a second time in the writer would cost a pull its CPU.
+    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size, verifiedByProducer: true })
     try {
       const batch = new WriteBatch(w)
       try {
