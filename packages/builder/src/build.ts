@@ -472,13 +472,21 @@ async function useRemoteRecord(ctx: BuildContext, layer: Layer, plan: LayerPlan)
   try {
     const prepared = await prepareChain(ctx, layer, plan)
     const own = record.ownContent
-    if (own !== null && !own.startsWith(DIFF_PREFIX)) throw new StackerError('REGISTRY', `bad own content id ${own}`)
+    if (own !== null && !own.startsWith(DIFF_PREFIX))
+      throw new StackerError('REGISTRY', `bad own content id ${own}`, {
+        detail: { reason: 'protocol', retryable: false },
+      })
     const expected = [...prepared.chain, ...(own !== null ? [own] : [])]
     if (expected.length !== record.chain.length || expected.some((id, i) => id !== record.chain[i]))
-      throw new StackerError('REGISTRY', "its filesystem chain differs from this machine's")
+      throw new StackerError('REGISTRY', "its filesystem chain differs from this machine's", {
+        detail: { reason: 'protocol', retryable: false },
+      })
     const outs = layer.buildOnly ? [] : ctx.outputs
     for (const out of outs)
-      if (!record.outputs[outputKey(out)]) throw new StackerError('REGISTRY', `it has no ${outputKey(out)} output`)
+      if (!record.outputs[outputKey(out)])
+        throw new StackerError('REGISTRY', `it has no ${outputKey(out)} output`, {
+          detail: { reason: 'protocol', retryable: false },
+        })
     const keys = new Set(outs.map(outputKey))
     const projections = record.projections.filter((p) => keys.has(p.output))
     const stackerDir = ctx.s.dirs.stackerDir

@@ -1,8 +1,9 @@
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { isStackerError, StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
 import {
+  OFFLINE_REASONS,
   parseImageRef,
   pullImage,
   pullSources,
@@ -55,14 +56,15 @@ async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: st
         })
         break
       } catch (e) {
-        const err = e instanceof StackerError ? e : new StackerError('REGISTRY', String(e))
+        const err =
+          e instanceof StackerError
+            ? e
+            : new StackerError('REGISTRY', String(e), { cause: e, detail: { reason: 'protocol', retryable: false } })
         if (!last) {
           ctx.logger.debug(`mirror ${source.ref} failed: ${err.message}`)
           continue
         }
-        const unreachable =
-          err.code === 'REGISTRY' &&
-          /refused|unknown host|timed out|ECONN|ENOTFOUND|EAI_AGAIN|unreachable/i.test(err.message)
+        const unreachable = isStackerError(err, 'REGISTRY') && OFFLINE_REASONS.has(err.detail?.reason ?? '')
         if (!cached || !unreachable) throw err
         ctx.logger.warn(`${err.message}; using the cached copy of ${url} (${cached.digest})`)
         descriptor = cached
@@ -71,7 +73,8 @@ async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: st
       }
     }
   }
-  if (!descriptor) throw new StackerError('REGISTRY', `couldn't pull ${url}`)
+  if (!descriptor)
+    throw new StackerError('REGISTRY', `couldn't pull ${url}`, { detail: { reason: 'protocol', retryable: false } })
   const img = await layout.readImage(descriptor.digest)
   return {
     layout,

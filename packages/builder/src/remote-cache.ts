@@ -272,8 +272,13 @@ export class RemoteCache {
   async #readRecord(endpoint: Endpoint, manifest: Manifest, key: Digest): Promise<CacheRecord> {
     const config = (manifest as { config?: unknown }).config
     if (!isDescriptor(config) || config.mediaType !== CACHE_RECORD_MEDIA_TYPE)
-      throw new StackerError('REGISTRY', 'the tag is not a stacker cache artifact')
-    if (config.size > MAX_RECORD_BYTES) throw new StackerError('REGISTRY', 'the cache record is too large')
+      throw new StackerError('REGISTRY', 'the tag is not a stacker cache artifact', {
+        detail: { reason: 'protocol', retryable: false },
+      })
+    if (config.size > MAX_RECORD_BYTES)
+      throw new StackerError('REGISTRY', 'the cache record is too large', {
+        detail: { reason: 'protocol', retryable: false },
+      })
     const client = await endpoint.client()
     const chunks: Uint8Array[] = []
     for await (const c of await client.fetchBlob(config)) chunks.push(c)
@@ -281,10 +286,13 @@ export class RemoteCache {
     try {
       parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'))
     } catch {
-      throw new StackerError('REGISTRY', 'the cache record is not valid JSON')
+      throw new StackerError('REGISTRY', 'the cache record is not valid JSON', {
+        detail: { reason: 'protocol', retryable: false },
+      })
     }
     const r = checkRecord(parsed, key)
-    if (typeof r === 'string') throw new StackerError('REGISTRY', r)
+    if (typeof r === 'string')
+      throw new StackerError('REGISTRY', r, { detail: { reason: 'protocol', retryable: false } })
     return r
   }
 
@@ -324,7 +332,10 @@ export class RemoteCache {
     for (const endpoint of this.#to) {
       if (endpoint.disabled) continue
       const p = this.#push(ctx, b, endpoint).catch((e) => {
-        const err = e instanceof StackerError ? e : new StackerError('REGISTRY', errorText(e), { cause: e })
+        const err =
+          e instanceof StackerError
+            ? e
+            : new StackerError('REGISTRY', errorText(e), { cause: e, detail: { reason: 'protocol', retryable: false } })
         const message = `couldn't push the cache of ${b.layer.name} to ${endpoint.label}: ${err.message}`
         if (this.#required) {
           this.#failure ??= new StackerError(err.code, message, { cause: err })
@@ -446,7 +457,9 @@ async function* checkingDiffId(
   diffId: Digest,
 ): AsyncGenerator<Uint8Array> {
   if (!/\+gzip$/.test(d.mediaType) && !d.mediaType.endsWith('.gzip'))
-    throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`)
+    throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`, {
+      detail: { reason: 'protocol', retryable: false },
+    })
   const { createGunzip } = await import('node:zlib')
   const gunzip = createGunzip()
   const h = new Hasher()

@@ -13,8 +13,8 @@ export {
   type ManifestResult,
   type PushBlobResult,
   DEFAULT_CHUNK_SIZE,
-  isRetryable,
 } from './client.js'
+export { isRetryable, OFFLINE_REASONS, type RegistryReason } from './errors.js'
 export type { OciLayoutLike } from './layout-like.js'
 export { pullImage, type PullImageOptions } from './pull.js'
 export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'

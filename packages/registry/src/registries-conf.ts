@@ -78,8 +78,10 @@ export function readRegistriesConf(opts: RegistriesConfOptions = {}): RegistryEn
     try {
       doc = parseToml(text) as Record<string, unknown>
     } catch (e) {
-      const line = /line (\d+)/i.exec((e as Error).message)?.[1]
-      throw new StackerError('USAGE', `invalid registries.conf ${file}${line ? `:${line}` : ''}: not valid TOML`)
+      // The parser's TomlError says where: 1-based line and column.
+      const { line, column } = e as { line?: unknown; column?: unknown }
+      const at = typeof line === 'number' ? `:${line}${typeof column === 'number' ? `:${column}` : ''}` : ''
+      throw new StackerError('USAGE', `invalid registries.conf ${file}${at}: not valid TOML`)
     }
     const list = doc.registry
     if (list === undefined) continue
@@ -170,6 +172,7 @@ export function pullSources(ref: ImageRef, entries: readonly RegistryEntry[]): P
   if (!e) return [{ ref, insecure: false, mirror: false }]
   if (e.blocked)
     throw new StackerError('REGISTRY', `registry ${ref.registry} is blocked in ${e.file}`, {
+      detail: { reason: 'blocked', retryable: false },
       hint: 'remove "blocked = true" from its [[registry]] entry to use it',
     })
   const byDigest = ref.digest !== undefined
@@ -186,6 +189,9 @@ export function pullSources(ref: ImageRef, entries: readonly RegistryEntry[]): P
 export function pushTarget(ref: ImageRef, entries: readonly RegistryEntry[]): PullSource {
   const e = findRegistryEntry(ref, entries)
   if (!e) return { ref, insecure: false, mirror: false }
-  if (e.blocked) throw new StackerError('REGISTRY', `registry ${ref.registry} is blocked in ${e.file}`)
+  if (e.blocked)
+    throw new StackerError('REGISTRY', `registry ${ref.registry} is blocked in ${e.file}`, {
+      detail: { reason: 'blocked', retryable: false },
+    })
   return { ref, insecure: e.insecure, mirror: false }
 }
