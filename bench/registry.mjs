@@ -200,10 +200,10 @@ async function answers(url) {
   }
 }
 
-/** docker-registry on a free loopback port, plain http, storage in DIR/reg/data (no blob descriptor
- *  cache, so wiping the storage between runs leaves nothing behind). */
-async function startRegistry() {
-  const dir = join(DIR, 'reg')
+/** docker-registry on a free loopback port, plain http, storage in BASE/reg/data (no blob
+ *  descriptor cache, so wiping the storage between runs leaves nothing behind). */
+export async function startRegistry(base = DIR) {
+  const dir = join(base, 'reg')
   await rm(dir, { recursive: true, force: true })
   await mkdir(dir, { recursive: true })
   const data = join(dir, 'data')

@@ -36,13 +36,13 @@ const { values: flags } = parseArgs({
 })
 if (flags.help) {
   process.stdout.write(
-    'usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,R,S] [--quick] [--no-results] [--update]\n',
+    'usage: node bench/run.mjs [--reps N] [--only W1,W2,W3,W4,W5,W6,R,S] [--quick] [--no-results] [--update]\n',
   )
   process.exit(0)
 }
 const REPS = Number.parseInt(flags.reps, 10)
 if (!(REPS >= 1)) throw new Error(`invalid --reps ${flags.reps}`)
-const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,R,S').split(',').map((s) => s.trim().toUpperCase()))
+const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,W6,R,S').split(',').map((s) => s.trim().toUpperCase()))
 const QUICK = flags.quick
 
 // Sizes: full, or a tenth of them with --quick.
@@ -643,6 +643,76 @@ async function w5(base) {
   }
 }
 
+// ---------------------------------------------------------------- W6: the shared build cache
+
+/** Four layers, the first copying a 120 MB import in, built on machine A with `--cache-to`; then
+ *  on a fresh machine B (its own stacker, roots and oci dirs): with `--cache-from`, without it, and
+ *  `skopeo copy` of A's final image from the same registry. */
+async function w6(base) {
+  const dir = join(WORK, 'w6')
+  const tree = join(dir, 'ctx', 'tree')
+  say(`W6: shared cache, import tree of ${SIZE.w5 / MB} MiB`)
+  await makeTree(tree, { bytes: SIZE.w5, bigFile: 4 << 20 })
+  const file = join(dir, 'stacker.yaml')
+  await writeFile(
+    file,
+    `l1:\n  from:\n    type: oci\n    url: ${base}:latest\n  imports:\n    - ${tree}\n  run: |\n    mkdir -p /opt\n    cp -a /stacker/imports/tree /opt/tree\n` +
+      `l2:\n  from:\n    type: built\n    tag: l1\n  run: echo two > /two\n` +
+      `l3:\n  from:\n    type: built\n    tag: l2\n  run: mkdir -p /etc/three && seq 1 1000 > /etc/three/numbers\n` +
+      `l4:\n  from:\n    type: built\n    tag: l3\n  run: rm -f /two && echo four > /four\n`,
+  )
+  const { startRegistry } = await import('./registry.mjs')
+  const reg = await startRegistry(dir)
+  const cache = `docker://${reg.host}/cache`
+  const env = { SOURCE_DATE_EPOCH: '1700000000' }
+  const a = join(dir, 'a')
+  const b = join(dir, 'b')
+  try {
+    await stackerClean(a)
+    const ma = measure('W6-machine-A', stackerBuild(file, a, ['--cache-to', cache]), { env })
+    record('W6 machine A', 'stacker --cache-to', ma)
+    sh(`skopeo copy --quiet --dest-tls-verify=false oci:${join(a, 'oci')}:l4 docker://${reg.host}/image:l4`)
+    const copyDir = join(dir, 'skopeo')
+    const digestsOf = (layout) =>
+      JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8'))
+        .manifests.map((m) => `${m.annotations?.['org.opencontainers.image.ref.name']}=${m.digest}`)
+        .sort()
+        .join(' ')
+    const want = digestsOf(join(a, 'oci'))
+    await alternate('W6', [
+      {
+        name: 'stacker B --cache-from',
+        setup: () => stackerClean(b),
+        argv: () => stackerBuild(file, b, ['--cache-from', cache]),
+        opts: { env },
+        after: () => {
+          // The point of the cache: the same images, not just a fast build.
+          if (digestsOf(join(b, 'oci')) !== want) throw new Error('machine B made other digests than A')
+          return {}
+        },
+      },
+      { name: 'stacker B, no cache', setup: () => stackerClean(b), argv: () => stackerBuild(file, b), opts: { env } },
+      {
+        name: 'skopeo copy (final image)',
+        setup: () => rm(copyDir, { recursive: true, force: true }),
+        argv: () => [
+          'skopeo',
+          'copy',
+          '--quiet',
+          '--src-tls-verify=false',
+          `docker://${reg.host}/image:l4`,
+          `oci:${copyDir}:l4`,
+        ],
+      },
+    ])
+    await rm(copyDir, { recursive: true, force: true })
+  } finally {
+    await stackerClean(a)
+    await stackerClean(b)
+    await reg.stop()
+  }
+}
+
 // ---------------------------------------------------------------- R: registry push and pull
 
 /** bench/registry.mjs: our registry client vs `skopeo copy`, pushing and pulling one image. */
@@ -798,6 +868,36 @@ function targets() {
     Number.isFinite(mem) ? `${mem.toFixed(0)} MiB` : '-',
     ok(mem, (x) => x < 256),
   )
+  const w6c = ratio(med('W6', 'stacker B --cache-from'), med('W6', 'stacker B, no cache'))
+  add(
+    'W6 machine B with --cache-from <= 0.3x without it',
+    r(w6c),
+    ok(w6c, (x) => x <= 0.3),
+  )
+  const w6s = ratio(med('W6', 'stacker B --cache-from'), med('W6', 'skopeo copy (final image)'))
+  add(
+    'W6 machine B with --cache-from within 1.2x `skopeo copy` of the image',
+    r(w6s),
+    ok(w6s, (x) => x <= 1.2),
+  )
+  const rPull = ratio(med('R pull', 'stacker registry client'), med('R pull', 'skopeo copy'))
+  add(
+    'R pull <= 1.0x `skopeo copy`',
+    r(rPull),
+    ok(rPull, (x) => x <= 1.0),
+  )
+  const rPush = ratio(med('R push', 'stacker registry client'), med('R push', 'skopeo copy'))
+  add(
+    'R push < 1.0x `skopeo copy`',
+    r(rPush),
+    ok(rPush, (x) => x < 1.0),
+  )
+  const w4 = ratio(med('W4', 'stacker extract'), med('W4', 'umoci unpack'))
+  add(
+    'W4 extraction <= 1.0x `umoci unpack`',
+    r(w4),
+    ok(w4, (x) => x <= 1.0),
+  )
   const v = med('S startup', 'stacker --version')
   add(
     '`stacker --version` < 150 ms',
@@ -895,6 +995,7 @@ async function main() {
   if (ONLY.has('W3')) await w3()
   if (ONLY.has('W4')) await w4()
   if (ONLY.has('W5')) await w5(base)
+  if (ONLY.has('W6')) await w6(base)
   if (ONLY.has('R')) await registryThroughput()
   if (ONLY.has('S')) {
     await startup()

@@ -61,6 +61,9 @@ interface BuildFlags {
   tarCompression: string
   stackerFilePattern?: string
   searchDir?: string
+  cacheTo: string[]
+  cacheFrom: string[]
+  cacheToRequired?: boolean
 }
 
 function addBuildFlags(cmd: Command): Command {
@@ -78,9 +81,12 @@ function addBuildFlags(cmd: Command): Command {
     .option('--annotations-namespace <ns>', 'namespace of the annotations stacker adds', 'io.stackeroci')
     .option('-j, --jobs <n>', 'layers built at once', String(availableParallelism()))
     .option('--tar-compression <kind>', 'compression of tar layers: gzip, or zstd for runtimes that read it', 'gzip')
+    .option('--cache-to <docker://host/repo>', 'push each layer to this shared build cache (repeatable)', collect, [])
+    .option('--cache-from <docker://host/repo>', 'use layers from this shared build cache (repeatable)', collect, [])
+    .option('--cache-to-required', 'fail the build when pushing to the shared cache fails')
 }
 
-function buildOptions(f: BuildFlags, files: string[]) {
+function buildOptions(f: BuildFlags, files: string[], flags: GlobalFlags) {
   if (f.shellFail && f.onRunFailure !== undefined && f.onRunFailure !== '/bin/sh')
     throw new StackerError('USAGE', `--shell-fail is incompatible with --on-run-failure=${f.onRunFailure}`)
   const jobs = Number.parseInt(f.jobs, 10)
@@ -100,6 +106,8 @@ function buildOptions(f: BuildFlags, files: string[]) {
     annotationsNamespace: f.annotationsNamespace,
     jobs,
     tarCompression: B.parseTarCompression(f.tarCompression),
+    ...S.cacheRepositories(flags, { cacheTo: f.cacheTo, cacheFrom: f.cacheFrom }),
+    cacheToRequired: !!f.cacheToRequired,
   }
 }
 
@@ -175,7 +183,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
       .option('-f, --stacker-file <file>', 'the input stackerfile', 'stacker.yaml'),
   ).action(async (f: BuildFlags) => {
     const c = ctx()
-    await B.build(session(c), buildOptions(f, [f.stackerFile ?? 'stacker.yaml']))
+    await B.build(session(c), buildOptions(f, [f.stackerFile ?? 'stacker.yaml'], c.flags))
   })
 
   addBuildFlags(
@@ -187,7 +195,7 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
   ).action(async (f: BuildFlags) => {
     const c = ctx()
     const files = await searchFiles(f.searchDir, f.stackerFilePattern)
-    await B.build(session(c), buildOptions(f, files))
+    await B.build(session(c), buildOptions(f, files, c.flags))
   })
 
   program

@@ -89,11 +89,14 @@ export function trustExtraCa(): void {
     }
   }
   const patchedConnect = function connectTrustingExtraCa(this: unknown, ...a: unknown[]) {
-    if (trust === undefined) trust = load()
     // tls.connect(options[, cb]), (port[, host][, options][, cb]) or (path[, options][, cb])
     const at = [0, 1, 2].find((i) => a[i] !== null && typeof a[i] === 'object')
     const options = (at === undefined ? {} : a[at]) as Record<string, unknown>
-    if (trust && options.ca === undefined && options.secureContext === undefined) {
+    // The registry client and downloads bring their own trust (the file included): the file is read
+    // only for a connection that names none.
+    const needed = options.ca === undefined && options.secureContext === undefined
+    if (needed && trust === undefined) trust = load()
+    if (trust && needed) {
       const own = CONTEXT_OPTIONS.some((k) => options[k] !== undefined)
       const patched = { ...options, ...(own ? { ca: trust.ca } : { secureContext: trust.secureContext }) }
       if (at !== undefined) a[at] = patched

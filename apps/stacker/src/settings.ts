@@ -34,6 +34,9 @@ interface ConfigFile {
   stacker_dir?: string
   oci_dir?: string
   rootfs_dir?: string
+  /** The shared build cache: a repository or a list of them. */
+  cache_to?: string[]
+  cache_from?: string[]
 }
 
 /** Reads conf.yaml. A missing or unreadable file is ignored; a YAML error is fatal, as upstream. */
@@ -59,7 +62,27 @@ export function readConfigFile(path: string): ConfigFile {
     const v = d[k]
     if (typeof v === 'string' && v !== '') out[k] = v
   }
+  for (const k of ['cache_to', 'cache_from'] as const) {
+    const v = d[k]
+    if (v === undefined || v === null) continue
+    const list = typeof v === 'string' ? [v] : v
+    if (!Array.isArray(list) || !list.every((x) => typeof x === 'string' && x !== ''))
+      throw new StackerError('USAGE', `couldn't parse config file ${path}: ${k} must be a repository or a list of them`)
+    out[k] = list as string[]
+  }
   return out
+}
+
+/** `--cache-to`/`--cache-from` when given, else the config file's `cache_to`/`cache_from`. */
+export function cacheRepositories(
+  flags: DirFlags,
+  given: { cacheTo: string[]; cacheFrom: string[] },
+): { cacheTo: string[]; cacheFrom: string[] } {
+  const conf = readConfigFile(flags.config ?? defaultConfigPath())
+  return {
+    cacheTo: given.cacheTo.length ? given.cacheTo : (conf.cache_to ?? []),
+    cacheFrom: given.cacheFrom.length ? given.cacheFrom : (conf.cache_from ?? []),
+  }
 }
 
 /** Upstream's resolution order: config-file values unless the flag was given; then work-dir joining for

@@ -1,6 +1,6 @@
 import { createReadStream } from 'node:fs'
 import { rm } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import {
   digestHex,
   memoryLogger,
@@ -38,11 +38,14 @@ import {
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
+import { seedProjection } from './projections.js'
+import { hasPulledContent, registerPulledContent } from './pulled-contents.js'
+import { RemoteCache } from './remote-cache.js'
 import { baseDirMeta, type DirMeta, destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
 import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
 import { OpenedImages } from './fs-contents.js'
-import { commitLayerContent } from './content.js'
+import { commitLayerContent, contentIdFor, DIFF_PREFIX } from './content.js'
 import { hostCouplings } from './coupling.js'
 import { openOutputLayout, openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
@@ -73,10 +76,12 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
     const ctx = await createContext(s, storage, set, o)
     try {
       for (const file of set.order) await buildFile(ctx, file)
+      await ctx.remote?.flush()
       await ctx.tags.finish()
     } finally {
       await ctx.hashes.save()
       await ctx.images.closeAll()
+      await ctx.remote?.close()
     }
   } finally {
     await storage.lock.release()
@@ -121,6 +126,13 @@ export async function createContext(
     images: new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }),
     flights: { projections: new SingleFlight(), outputs: new SingleFlight(), basePulls: new KeyedMutex() },
     gitVersions: new Map(),
+    // --no-cache layers are never shared: nothing is asked for or pushed.
+    remote: o.noCache
+      ? undefined
+      : await RemoteCache.create(
+          { cacheTo: o.cacheTo ?? [], cacheFrom: o.cacheFrom ?? [], cacheToRequired: !!o.cacheToRequired },
+          s.logger,
+        ),
   }
 }
 
@@ -170,7 +182,11 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
         await flushTags()
         // The layout is collected once every layer is tagged, before the last layer's closing
         // line: a build's output ends with `filesystem NAME built successfully`, as upstream's.
-        if (--unfinished === 0) await ctx.layout.gc()
+        if (--unfinished === 0) {
+          // Pushes read blobs that only they use (a build_only layer's tar): they finish first.
+          await ctx.remote?.flush()
+          await ctx.layout.gc()
+        }
         if (r.closing !== undefined) log.info(r.closing)
         return r.built
       } finally {
@@ -183,7 +199,10 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const settled = await Promise.allSettled(results)
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
-  if (order.length === 0) await ctx.layout.gc()
+  if (order.length === 0) {
+    await ctx.remote?.flush()
+    await ctx.layout.gc()
+  }
 }
 
 async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {
@@ -207,7 +226,8 @@ async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<Over
 /** The ids of `chain` whose content is gone (e.g. the roots dir was deleted). */
 async function missingContent(ctx: BuildContext, chain: readonly string[]): Promise<string[]> {
   const out: string[] = []
-  for (const id of chain) if (!(await ctx.store.hasContent(id))) out.push(id)
+  for (const id of chain)
+    if (!(await ctx.store.hasContent(id)) && !(await hasPulledContent(ctx.s.dirs.stackerDir, id))) out.push(id)
   return out
 }
 
@@ -259,6 +279,12 @@ function originOf(base: ResolvedBase): Origin {
   return { kind: 'empty' }
 }
 
+/** The directory a layer's relative paths are resolved against (the stackerfile's; the working
+ *  directory for a stackerfile given by URL, as the loader resolves them). */
+function stackerfileDir(layer: Layer): string {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(layer.file) ? process.cwd() : dirname(resolve(layer.file))
+}
+
 /** Everything a layer's cache key needs, worked out before anything runs (docs/architecture.md, "The cache"). */
 export async function planLayer(ctx: BuildContext, layer: Layer) {
   const imports = await resolveImports(ctx, layer)
@@ -272,7 +298,7 @@ export async function planLayer(ctx: BuildContext, layer: Layer) {
     imports: imports.map((i) => i.part),
     overlayDirs,
   }
-  return { imports, base, overlayDirs, parts, key: cacheKey(parts) }
+  return { imports, base, overlayDirs, parts, key: cacheKey(parts, stackerfileDir(layer)) }
 }
 
 /** The cached entry of a layer if its inputs are unchanged and its filesystem is still there. */
@@ -282,13 +308,20 @@ export async function cachedEntry(ctx: BuildContext, layer: Layer): Promise<Cach
   return hit && (await missingContent(ctx, hit.chain)).length === 0 ? hit : undefined
 }
 
-async function buildLayer(
-  ctx: BuildContext,
-  layer: Layer,
-): Promise<{ built: BuiltLayer; tags: Array<[string, Descriptor]>; closing?: string }> {
+type LayerResult = { built: BuiltLayer; tags: Array<[string, Descriptor]>; closing?: string }
+
+async function buildLayer(ctx: BuildContext, layer: Layer): Promise<LayerResult> {
+  const r = await buildOrReuseLayer(ctx, layer)
+  // Layers with binds depend on the host beyond their key: they are never shared.
+  if (ctx.remote && layer.binds.length === 0) ctx.remote.schedulePush(ctx, r.built, ctx.logger)
+  return r
+}
+
+async function buildOrReuseLayer(ctx: BuildContext, layer: Layer): Promise<LayerResult> {
   const log = ctx.logger
   log.info(`preparing image ${layer.name}...`)
-  const { imports, base, overlayDirs, parts, key } = await planLayer(ctx, layer)
+  const plan = await planLayer(ctx, layer)
+  const { imports, base, overlayDirs, parts, key } = plan
 
   if (!ctx.opts.noCache) {
     const hit = await ctx.cache.get(key)
@@ -309,48 +342,14 @@ async function buildLayer(
       const prev = await ctx.cache.lastFor(layer.name)
       if (prev) for (const line of explainMiss(prev.parts, parts, ctx.s.debug)) log.info(line)
     }
+    if (ctx.remote?.pulls && layer.binds.length === 0) {
+      const remote = await useRemoteRecord(ctx, layer, plan)
+      if (remote) return remote
+    }
   }
 
   const ws = await ctx.store.prepareBuild(layer.name)
-  const chain = [...base.chain]
-  const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
-  const overlayNote = `stacker overlay dir for ${layer.name}`
-  const destImports = imports.filter((i) => i.spec.dest !== undefined)
-  // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
-  // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
-  // The directories an import lands in keep the owner and mode they have in the base: the import's
-  // layer holds them too, and would otherwise reset them (a /tmp without its sticky bit, a WORKDIR
-  // made for a user taken back by root).
-  const view =
-    overlayDirs.length + destImports.length > 0 && chain.length > 0
-      ? await withChainView(ctx, chain, async (root) => {
-          const seen = new Map<string, string>()
-          const dirs = new Map<string, DirMeta[]>()
-          for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
-            seen.set(d, resolveInRoot(root, d))
-          for (const imp of destImports) {
-            const d = seen.get(destDirOf(imp)) ?? destDirOf(imp)
-            dirs.set(d, await baseDirMeta(root, d))
-          }
-          return { resolveDest: (d: string) => seen.get(d) ?? d, dirMeta: (d: string) => dirs.get(d) ?? [] }
-        })
-      : { resolveDest: (d: string) => d, dirMeta: (): DirMeta[] => [] }
-  const resolveDest = view.resolveDest
-  for (const od of overlayDirs) {
-    const dest = resolveDest(od.dest)
-    if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
-    const id = overlayDirContentId(od, dest)
-    await ctx.store.ensureContent(id, async (dir) => {
-      await copyTree(od.source, join(dir, dest), { contents: true, ownership: false })
-    })
-    chain.push(id)
-    chainNotes.push(overlayNote)
-  }
-  for (const imp of destImports) {
-    const dir = resolveDest(destDirOf(imp))
-    chain.push(await destImportContent(ctx, imp, dir, view.dirMeta(dir)))
-    chainNotes.push(overlayNote)
-  }
+  const { chain, chainNotes } = await prepareChain(ctx, layer, plan)
   if (base.tarball) {
     log.info(`unpacking ${base.tarball}`)
     await extractTarLayer(createReadStream(base.tarball), ws.upper, {
@@ -401,6 +400,156 @@ async function buildLayer(
   await ctx.cache.put(entry)
   await recordLayer(ctx, entry)
   return { built, tags, closing: `filesystem ${layer.name} built successfully` }
+}
+
+type LayerPlan = Awaited<ReturnType<typeof planLayer>>
+
+/** The layer's chain before its run: its base's, then a content dir per overlay_dir and per
+ *  import with `dest` (made here if missing), with their history notes. */
+async function prepareChain(
+  ctx: BuildContext,
+  layer: Layer,
+  plan: LayerPlan,
+): Promise<{ chain: string[]; chainNotes: string[] }> {
+  const { base, overlayDirs, imports } = plan
+  const log = ctx.logger
+  const chain = [...base.chain]
+  const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
+  const overlayNote = `stacker overlay dir for ${layer.name}`
+  const destImports = imports.filter((i) => i.spec.dest !== undefined)
+  // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
+  // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
+  // The directories an import lands in keep the owner and mode they have in the base: the import's
+  // layer holds them too, and would otherwise reset them (a /tmp without its sticky bit, a WORKDIR
+  // made for a user taken back by root).
+  const view =
+    overlayDirs.length + destImports.length > 0 && chain.length > 0
+      ? await withChainView(ctx, chain, async (root) => {
+          const seen = new Map<string, string>()
+          const dirs = new Map<string, DirMeta[]>()
+          for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
+            seen.set(d, resolveInRoot(root, d))
+          for (const imp of destImports) {
+            const d = seen.get(destDirOf(imp)) ?? destDirOf(imp)
+            dirs.set(d, await baseDirMeta(root, d))
+          }
+          return { resolveDest: (d: string) => seen.get(d) ?? d, dirMeta: (d: string) => dirs.get(d) ?? [] }
+        })
+      : { resolveDest: (d: string) => d, dirMeta: (): DirMeta[] => [] }
+  const resolveDest = view.resolveDest
+  for (const od of overlayDirs) {
+    const dest = resolveDest(od.dest)
+    if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
+    const id = overlayDirContentId(od, dest)
+    await ctx.store.ensureContent(id, async (dir) => {
+      await copyTree(od.source, join(dir, dest), { contents: true, ownership: false })
+    })
+    chain.push(id)
+    chainNotes.push(overlayNote)
+  }
+  for (const imp of destImports) {
+    const dir = resolveDest(destDirOf(imp))
+    chain.push(await destImportContent(ctx, imp, dir, view.dirMeta(dir)))
+    chainNotes.push(overlayNote)
+  }
+  return { chain, chainNotes }
+}
+
+/**
+ * Uses the shared cache's record of the layer's key instead of running it: the chain below the
+ * layer's own diff is made here (base, overlay_dirs, `dest` imports, as a build would), the
+ * record's blobs are pulled (verified), its own diff is extracted and checked against its content
+ * id, and the outputs are made from the pulled projections. Undefined (after one warning line)
+ * when anything does not fit: the layer is then built locally.
+ */
+async function useRemoteRecord(ctx: BuildContext, layer: Layer, plan: LayerPlan): Promise<LayerResult | undefined> {
+  const remote = ctx.remote
+  if (!remote) return undefined
+  const log = ctx.logger
+  const found = await remote.find(layer, plan.key, log)
+  if (!found) return undefined
+  const { record } = found
+  try {
+    const prepared = await prepareChain(ctx, layer, plan)
+    const own = record.ownContent
+    if (own !== null && !own.startsWith(DIFF_PREFIX))
+      throw new StackerError('REGISTRY', `bad own content id ${own}`, {
+        detail: { reason: 'protocol', retryable: false },
+      })
+    const expected = [...prepared.chain, ...(own !== null ? [own] : [])]
+    if (expected.length !== record.chain.length || expected.some((id, i) => id !== record.chain[i]))
+      throw new StackerError('REGISTRY', "its filesystem chain differs from this machine's", {
+        detail: { reason: 'protocol', retryable: false },
+      })
+    const outs = layer.buildOnly ? [] : ctx.outputs
+    for (const out of outs)
+      if (!record.outputs[outputKey(out)])
+        throw new StackerError('REGISTRY', `it has no ${outputKey(out)} output`, {
+          detail: { reason: 'protocol', retryable: false },
+        })
+    const keys = new Set(outs.map(outputKey))
+    const projections = record.projections.filter((p) => keys.has(p.output))
+    const stackerDir = ctx.s.dirs.stackerDir
+    const ownBlob =
+      own !== null && !(await ctx.store.hasContent(own)) && !(await hasPulledContent(stackerDir, own))
+        ? record.ownContentBlob
+        : null
+    if (own !== null && ownBlob && contentIdFor(ownBlob.diffId, ctx.s.sourceDateEpoch) !== own)
+      throw new StackerError('DIGEST', `content id ${own} does not match its diff ${ownBlob.diffId}`)
+    await remote.fetchBlobs(
+      ctx,
+      found,
+      [...projections.map((p) => p.descriptor), ...(ownBlob ? [ownBlob.descriptor] : [])],
+      new Map(ownBlob ? [[ownBlob.descriptor.digest, ownBlob.diffId]] : []),
+    )
+    // The diff is extracted (and checked again, tree against id) when something first reads it.
+    if (own !== null && ownBlob)
+      await registerPulledContent(stackerDir, ctx.layout, own, ownBlob.descriptor, {
+        diffId: ownBlob.diffId,
+        sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
+      })
+    for (const p of projections) {
+      const out = outs.find((o) => outputKey(o) === p.output) as OutputType
+      await seedProjection(
+        ctx,
+        p.content,
+        out,
+        { uncompressed: p.uncompressed, allowEmpty: p.allowEmpty },
+        { descriptor: p.descriptor, diffId: p.diffId },
+      )
+    }
+    const entry: CacheEntry = {
+      version: CACHE_VERSION,
+      name: layer.name,
+      key: plan.key,
+      parts: plan.parts,
+      chain: expected,
+      chainNotes: [...prepared.chainNotes, ...(own !== null ? [`stacker build of ${layer.name}`] : [])],
+      buildOnly: layer.buildOnly,
+      origin: originOf(plan.base),
+      ownContent: own,
+      generatedLabels: record.generatedLabels.map(([k, v]) => [k, v]),
+      outputs: {},
+    }
+    const built: BuiltLayer = { layer, entry }
+    ctx.built.set(layer.name, built)
+    const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, false)
+    await ctx.cache.put(entry)
+    await recordLayer(ctx, entry)
+    for (const [k, desc] of Object.entries(entry.outputs)) {
+      const theirs = record.outputs[k]
+      if (theirs && theirs.manifest !== desc.digest)
+        log.debug(`${layer.name} ${k}: manifest ${desc.digest} here, ${theirs.manifest} where the cache was pushed`)
+    }
+    log.info(`found remote cached layer ${layer.name}`)
+    return { built, tags }
+  } catch (e) {
+    ctx.s.signal?.throwIfAborted()
+    ctx.built.delete(layer.name)
+    const why = e instanceof Error ? e.message : String(e)
+    log.warn(`remote cached layer ${layer.name} in ${found.endpoint.label} is unusable (${why}); building it locally`)
+    return undefined
+  }
 }
 
 /** Makes every requested output of a layer, reusing cached ones, and returns the tags to set. */

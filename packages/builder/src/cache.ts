@@ -13,7 +13,7 @@ import type { Descriptor } from '@stacker/oci'
 import { changedPaths, type TreeEntry } from './hashing.js'
 
 /** Bumped whenever the meaning of a cache entry or of a generated layer changes. */
-export const CACHE_VERSION = 3
+export const CACHE_VERSION = 4
 
 export interface ImportPart {
   path: string
@@ -66,8 +66,44 @@ export type Origin =
   | { kind: 'image'; layout: string; digest: Digest; contents: string[] }
   | { kind: 'empty' }
 
-export function cacheKey(parts: CacheParts): Digest {
-  const forKey = { v: CACHE_VERSION, ...parts, overlayDirs: parts.overlayDirs.map(({ entries: _e, ...rest }) => rest) }
+/** The token that stands for the stackerfile's directory in a portable key. */
+const ROOT_TOKEN = '${STACKERFILE_DIR}'
+
+/** `value` with every mention of `root` (or a path under it) in its strings, also inside a longer
+ *  string such as a run line, rewritten relative to ROOT_TOKEN. */
+function portable(value: unknown, root: string): unknown {
+  const re = new RegExp(`(?<![\\w.-])${root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?![\\w.-])`, 'g')
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') return v.includes(root) ? v.replace(re, ROOT_TOKEN) : v
+    if (Array.isArray(v)) return v.map(walk)
+    if (v !== null && typeof v === 'object') {
+      const out: Record<string, unknown> = {}
+      for (const [k, x] of Object.entries(v)) out[k] = walk(x)
+      return out
+    }
+    return v
+  }
+  return root === '/' || root === '' ? value : walk(value)
+}
+
+/**
+ * A layer's cache key. It is portable: the same stackerfile gives the same key on any machine, in
+ * any directory, so a shared cache (see remote-cache.ts) can answer for it. Host paths under the
+ * stackerfile's directory `root` (imports, overlay_dirs, binds, substituted dirs) enter relative
+ * to it; imports and overlay_dirs enter by content digest; `build_env` values enter with the
+ * definition (a different value is a miss), and the key, a digest, shows none of them.
+ */
+export function cacheKey(parts: CacheParts, root: string): Digest {
+  const forKey = {
+    v: CACHE_VERSION,
+    ...parts,
+    definition: portable(parts.definition, root),
+    imports: parts.imports.map((i) => ({ ...i, path: portable(i.path, root) })),
+    overlayDirs: parts.overlayDirs.map(({ entries: _e, source, ...rest }) => ({
+      ...rest,
+      source: portable(source, root),
+    })),
+  }
   return sha256Digest(canonicalJson(forKey))
 }
 

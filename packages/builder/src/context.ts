@@ -7,6 +7,7 @@ import type { OverlayStore } from '@stacker/overlay'
 import type { Layer, StackerfileSet } from '@stacker/stackerfile'
 import type { BuildCache, CacheEntry } from './cache.js'
 import type { HashCache } from './hashing.js'
+import type { RemoteCache } from './remote-cache.js'
 import type { TagWriter } from './tags.js'
 import type { OutputType, Session, TarCompression } from './types.js'
 
@@ -24,6 +25,11 @@ export interface BuildOptions {
   jobs: number
   /** Compression of generated tar layers (default gzip). */
   tarCompression?: TarCompression
+  /** Repositories (`docker://host/repo`) the shared build cache is pushed to / read from. */
+  cacheTo?: string[]
+  cacheFrom?: string[]
+  /** A failed push to the shared cache fails the build. */
+  cacheToRequired?: boolean
 }
 
 /** A layer that is available to later layers: built in this run, or found in the cache. */
@@ -59,6 +65,8 @@ export interface BuildContext {
   }
   /** `git describe` results by directory. */
   gitVersions: Map<string, string | undefined>
+  /** The shared build cache (`--cache-to`/`--cache-from`), if any. */
+  remote?: RemoteCache | undefined
 }
 
 /** Opens the squashfs/erofs base contents of a chain before it is mounted or read. */

@@ -5,7 +5,9 @@ import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/laye
 import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
+import { DIFF_PREFIX } from './content.js'
 import { hashFile } from './hashing.js'
+import { materialisePulled } from './pulled-contents.js'
 import { copyTree } from './util.js'
 
 /** squashfs/erofs base layers are not extracted: their content dir is where the image is opened
@@ -82,7 +84,12 @@ export class OpenedImages {
   /** Makes sure every image-backed content of `chain` is readable in the store. Cheap when open. */
   async open(chain: readonly string[], logger: Logger = this.#opts.logger): Promise<void> {
     for (const id of chain) {
-      if (!id.startsWith(FSIMAGE_PREFIX)) continue
+      if (!id.startsWith(FSIMAGE_PREFIX)) {
+        // Diffs found in the shared cache are extracted by their first reader (pulled-contents.ts).
+        if (id.startsWith(DIFF_PREFIX) && !(await this.#opts.store.hasContent(id)))
+          await materialisePulled({ ...this.#opts, logger }, id)
+        continue
+      }
       let p = this.#opened.get(id)
       if (!p) {
         p = openOne({ ...this.#opts, logger }, id)

@@ -17,7 +17,7 @@ import {
 import { parseSource, type Layer } from '@stacker/stackerfile'
 import type { Origin } from './cache.js'
 import type { BuildContext, BuiltLayer } from './context.js'
-import { EMPTY_CONTENT, projectContent } from './projections.js'
+import { EMPTY_CONTENT, type ProjectOptions, type Projection, projectContent } from './projections.js'
 import { outputKey, type OutputType } from './types.js'
 
 export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -26,6 +26,8 @@ interface OutputBase {
   image: { manifest: Manifest; config: ImageConfig } | undefined
   /** How many entries at the bottom of the layer's chain the base image already holds. */
   covered: number
+  /** Projections made to convert an image base to the output's type. */
+  used: ProjectionUse[]
 }
 
 /** The manifest of `b` in output type `out`, generating it (and what it extends) when missing. The
@@ -35,11 +37,22 @@ export function ensureOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType):
   return ctx.flights.outputs.run(`${b.entry.key}|${outputKey(out)}`, () => generateOutput(ctx, b, out))
 }
 
-async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
-  const k = outputKey(out)
-  const have = b.entry.outputs[k]
-  if (have && (await ctx.layout.hasBlob(have.digest))) return have
+/** One projection an output is made of: a content dir in a layer type, with its settings. */
+export interface ProjectionUse {
+  id: string
+  opts: ProjectOptions
+  projection: Projection
+}
+
+/** The layers of `b`'s output in type `out` above its base, and every projection they (and a
+ *  conversion of an image base) come from. */
+async function assemble(
+  ctx: BuildContext,
+  b: BuiltLayer,
+  out: OutputType,
+): Promise<{ base: OutputBase; layers: NewLayer[]; used: ProjectionUse[] }> {
   const base = await outputBase(ctx, b.entry.origin, out)
+  const used: ProjectionUse[] = [...base.used]
   const layers: NewLayer[] = []
   const created = createdTime(ctx)
   const own = `stacker build of ${b.layer.name}`
@@ -47,8 +60,10 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
   for (let i = base.covered; i < b.entry.chain.length; i++) {
     const id = b.entry.chain[i] as string
     const extra = id.startsWith('ovl_') || id.startsWith('imp_')
-    const p = await projectContent(ctx, id, out, { uncompressed: extra })
+    const opts: ProjectOptions = { uncompressed: extra }
+    const p = await projectContent(ctx, id, out, opts)
     if (!p) continue
+    used.push({ id, opts, projection: p })
     const createdBy = b.entry.chainNotes[i] ?? own
     if (createdBy.startsWith('stacker build of ') && createdBy !== own) fromBuildOnly = true
     layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: createdBy } })
@@ -56,9 +71,28 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
   // An image that carries build_only ancestors' layers ends with the layer's own, empty when its
   // build changed nothing, as upstream's images of such chains do; either way, the same every build.
   if (fromBuildOnly && b.entry.ownContent === null) {
-    const p = await projectContent(ctx, EMPTY_CONTENT, out, { allowEmpty: true })
-    if (p) layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: own } })
+    const opts: ProjectOptions = { allowEmpty: true }
+    const p = await projectContent(ctx, EMPTY_CONTENT, out, opts)
+    if (p) {
+      used.push({ id: EMPTY_CONTENT, opts, projection: p })
+      layers.push({ descriptor: p.descriptor, diffId: p.diffId, history: { created, created_by: own } })
+    }
   }
+  return { base, layers, used }
+}
+
+/** The projections `b`'s output in type `out` is made of beyond its parent's output (see
+ *  assemble): what another machine needs, besides that parent, to make the same output. */
+export async function outputProjections(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<ProjectionUse[]> {
+  return (await assemble(ctx, b, out)).used
+}
+
+async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
+  const k = outputKey(out)
+  const have = b.entry.outputs[k]
+  if (have && (await ctx.layout.hasBlob(have.digest))) return have
+  const { base, layers } = await assemble(ctx, b, out)
+  const created = createdTime(ctx)
   const author = authorName(ctx)
   const parts = mutateImage(base.image, {
     layers,
@@ -78,7 +112,7 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
 async function outputBase(ctx: BuildContext, origin: Origin, out: OutputType): Promise<OutputBase> {
   switch (origin.kind) {
     case 'empty':
-      return { image: undefined, covered: 0 }
+      return { image: undefined, covered: 0, used: [] }
     case 'parent': {
       const p = ctx.built.get(origin.name)
       if (!p) throw new StackerError('INTERNAL', `parent layer ${origin.name} is not available`)
@@ -86,7 +120,7 @@ async function outputBase(ctx: BuildContext, origin: Origin, out: OutputType): P
       const desc = await ensureOutput(ctx, p, out)
       const manifest = await ctx.layout.readJson<Manifest>(desc.digest)
       const config = await ctx.layout.readJson<ImageConfig>(manifest.config.digest)
-      return { image: { manifest, config }, covered: p.entry.chain.length }
+      return { image: { manifest, config }, covered: p.entry.chain.length, used: [] }
     }
     case 'image':
       return imageBase(ctx, origin, out)
@@ -110,13 +144,16 @@ async function imageBase(
   )
   if (native) {
     if (src !== ctx.layout) for (const d of [manifest.config, ...manifest.layers]) await copyBlob(src, ctx.layout, d)
-    return { image: { manifest, config }, covered: origin.contents.length }
+    return { image: { manifest, config }, covered: origin.contents.length, used: [] }
   }
+  const used: ProjectionUse[] = []
   const layers: Descriptor[] = []
   const diffIds: ImageConfig['rootfs']['diff_ids'] = []
   for (const id of origin.contents) {
-    const p = await projectContent(ctx, id, out, { uncompressed: out.type === 'tar' })
+    const opts: ProjectOptions = { uncompressed: out.type === 'tar' }
+    const p = await projectContent(ctx, id, out, opts)
     if (!p) continue
+    used.push({ id, opts, projection: p })
     layers.push(p.descriptor)
     diffIds.push(p.diffId)
   }
@@ -127,7 +164,11 @@ async function imageBase(
     if (nonEmpty.length !== layers.length)
       converted.history = layers.map((): History => ({ created_by: 'stacker conversion' }))
   }
-  return { image: { manifest: { ...manifest, layers }, config: converted }, covered: origin.contents.length }
+  return {
+    image: { manifest: { ...manifest, layers }, config: converted },
+    covered: origin.contents.length,
+    used,
+  }
 }
 
 async function copyBlob(from: OciLayout, to: OciLayout, d: Descriptor): Promise<void> {

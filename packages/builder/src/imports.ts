@@ -83,20 +83,50 @@ export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<R
   return out
 }
 
+// The network stack loads only when something is downloaded: builds that download nothing start faster.
+const registry = () => import('@stacker/registry')
+
+/** Headers for a download from `url`: Basic credentials from auth.json (see lookupAuthEntry), keyed
+ *  by `host[:port]/path` with the longest prefix, as upstream finds them for http imports. */
+async function downloadHeaders(url: string): Promise<Record<string, string>> {
+  const { lookupAuthEntry } = await registry()
+  const u = new URL(url)
+  const entry = await lookupAuthEntry(u.host, u.pathname.replace(/^\/+/, ''))
+  if (!entry) return {}
+  const { username, password } = entry.credentials
+  return { Authorization: `Basic ${Buffer.from(`${username}:${password}`, 'utf8').toString('base64')}` }
+}
+
+/** The server's `X-Checksum-Sha256` against the import's `hash`: a mismatch fails before any
+ *  content is read, with upstream's words. */
+function checkServerChecksum(spec: ImportSpec, res: Response): void {
+  const remote = res.headers.get('x-checksum-sha256')?.trim().toLowerCase()
+  if (spec.hash && remote && /^[0-9a-f]{64}$/.test(remote) && remote !== spec.hash.toLowerCase())
+    throw new StackerError(
+      'HASH',
+      `The requested hash of ${spec.path} import is different than the actual hash: ${spec.hash} != ${remote}`,
+      { pos: spec.pos },
+    )
+}
+
 /** Fetches an http(s) import into the download cache, reusing the cached copy when the server agrees
- *  or cannot be reached (upstream's offline mode), and checks `hash`. */
+ *  or cannot be reached (upstream's offline mode), and checks `hash`. Requests go through the
+ *  environment's proxy and trust the system CAs (see @stacker/registry's netFetch). */
 async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
   const { logger } = ctx
   const url = spec.path
   const dir = join(ctx.s.dirs.stackerDir, 'downloads', createHash('sha256').update(url).digest('hex').slice(0, 32))
   const file = join(dir, basename(new URL(url).pathname) || 'index')
+  const headers = await downloadHeaders(url)
+  const { netFetch } = await registry()
   if (await pathExists(file)) {
     let head: Response | undefined
     try {
-      head = await fetch(url, { method: 'HEAD', signal: AbortSignal.timeout(15_000) })
+      head = await netFetch(url, { method: 'HEAD', headers, signal: AbortSignal.timeout(15_000) })
     } catch {
       head = undefined
     }
+    if (head?.ok) checkServerChecksum(spec, head)
     const remoteSum = head?.headers.get('x-checksum-sha256')?.toLowerCase()
     if (!head?.ok || (!remoteSum && !head.headers.get('content-length'))) {
       logger.info(`Couldn't obtain file info of ${url}, using cached copy`)
@@ -117,14 +147,22 @@ async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
   logger.info(`downloading ${url}`)
   let res: Response
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(600_000) })
+    res = await netFetch(url, { headers, signal: AbortSignal.timeout(600_000) })
   } catch (e) {
-    throw new StackerError('IMPORT', `couldn't download ${url}: ${(e as Error).cause ?? (e as Error).message}`, {
-      pos: spec.pos,
-    })
+    const cause = (e as Error).cause
+    const why = cause instanceof Error ? cause.message : cause !== undefined ? String(cause) : (e as Error).message
+    throw new StackerError('IMPORT', `couldn't download ${url}: ${why}`, { pos: spec.pos })
   }
-  if (!res.ok || !res.body)
+  if (!res.ok || !res.body) {
+    await res.body?.cancel().catch(() => {})
     throw new StackerError('IMPORT', `couldn't download ${url}: ${res.status} ${res.statusText}`, { pos: spec.pos })
+  }
+  try {
+    checkServerChecksum(spec, res)
+  } catch (e) {
+    await res.body.cancel().catch(() => {})
+    throw e
+  }
   const tmp = `${file}.part-${process.pid}`
   try {
     await pipeline(Readable.fromWeb(res.body as never), createWriteStream(tmp))
@@ -278,7 +316,12 @@ export async function destImportContent(
   if (imp.part.kind === 'missing')
     throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
   const { name } = destPlacement(spec.path, dest)
-  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir, baseDirs])).slice(7, 39)}`
+  // Named from the content and where it lands, never from host paths: the same import on another
+  // machine (a shared cache's) gets the same id. The source's basename and trailing slash decide
+  // the placement (destPlacement).
+  const { kind, digest, dest: destPart } = imp.part
+  const placement = [basename(spec.path), spec.path.endsWith('/')]
+  const id = `imp_${sha256Digest(JSON.stringify([kind, digest, destPart ?? null, spec.mode, spec.uid, spec.gid, dest, placement, dir, baseDirs])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
     const targetDir = join(root, dir)
     await mkdir(targetDir, { recursive: true })

@@ -7,7 +7,7 @@ import { CACHE_VERSION } from './cache.js'
 import { openChain, type BuildContext } from './context.js'
 import { outputKey, type OutputType } from './types.js'
 
-interface ProjectOptions {
+export interface ProjectOptions {
   /** Uncompressed tar (overlay_dir and dest-import layers, converted base layers). */
   uncompressed?: boolean
   /** A layer even for an empty content dir (see EMPTY_CONTENT). */
@@ -28,6 +28,16 @@ export interface Projection {
  *  another default level or zlib build) have other digests, so their records are not reused. */
 const TAR_WRITER = GZIP_WRITER_ID
 
+/** Where the projection of content dir `id` in output type `out` is remembered. */
+function recordFileFor(ctx: BuildContext, id: string, out: OutputType, opts: ProjectOptions): string {
+  const sde = ctx.s.sourceDateEpoch ?? 'none'
+  const writer =
+    out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : out.type === 'erofs' ? `.${EROFS_WRITER_ID}` : ''
+  const empty = opts.allowEmpty ? '.e' : ''
+  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}${empty}.${sde}.v${CACHE_VERSION}${writer}`
+  return join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
+}
+
 /** The blob of content dir `id` in output type `out`: generated once and remembered in
  *  `<stacker-dir>/projections/`, so adding a layer type later writes only that type's blobs, from the
  *  same filesystem. `undefined` when the content dir is empty (an empty diff adds no layer). */
@@ -37,18 +47,34 @@ export function projectContent(
   out: OutputType,
   opts: ProjectOptions = {},
 ): Promise<Projection | undefined> {
-  const sde = ctx.s.sourceDateEpoch ?? 'none'
-  const writer =
-    out.type === 'tar' && !opts.uncompressed ? `.${TAR_WRITER}` : out.type === 'erofs' ? `.${EROFS_WRITER_ID}` : ''
-  const empty = opts.allowEmpty ? '.e' : ''
-  const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}${empty}.${sde}.v${CACHE_VERSION}${writer}`
-  const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
+  const recordFile = recordFileFor(ctx, id, out, opts)
   return ctx.flights.projections.run(recordFile, async () => {
     const r = await generate(ctx, id, out, recordFile, opts)
     // Where upstream keeps a generated layer's content: sha256_<blob digest>/overlay.
     if (r) await ctx.store.setBlobView(r.descriptor.digest, id)
     return r
   })
+}
+
+/** Records `projection` (a blob already in the layout, e.g. pulled from a shared cache) as the
+ *  projection of `id` in `out`, so projectContent answers with it instead of generating one. */
+export async function seedProjection(
+  ctx: BuildContext,
+  id: string,
+  out: OutputType,
+  opts: ProjectOptions,
+  projection: Projection,
+): Promise<void> {
+  const file = recordFileFor(ctx, id, out, opts)
+  try {
+    // A projection made here already stays: it is what this machine's outputs are made of.
+    const rec = JSON.parse(await readFile(file, 'utf8')) as { empty?: boolean; projection?: Projection }
+    if (rec.projection && (await ctx.layout.hasBlob(rec.projection.descriptor.digest))) return
+  } catch {
+    // none yet
+  }
+  await mkdir(join(ctx.s.dirs.stackerDir, 'projections'), { recursive: true })
+  await atomicWriteFile(file, JSON.stringify({ projection }))
 }
 
 async function generate(

@@ -1,7 +1,14 @@
 import { join, resolve } from 'node:path'
 import { isStackerError, StackerError, pathExists } from '@stacker/core'
 import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
-import { MountSources, parseImageRef, pushImageDetailed, RegistryClient } from '@stacker/registry'
+import {
+  MountSources,
+  parseImageRef,
+  pushImageDetailed,
+  pushTarget,
+  RegistryClient,
+  readRegistriesConf,
+} from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
 import { cachedEntry, createContext } from './build.js'
 import type { BuildContext } from './context.js'
@@ -114,7 +121,8 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
             if (kind === 'docker') {
               const ref = parseImageRef(dest)
               const client = new RegistryClient(ref, {
-                insecure: o.skipTls,
+                // registries.conf's `insecure = true` allows plain http and unverified TLS, as --skip-tls.
+                insecure: o.skipTls || pushTarget(ref, readRegistriesConf()).insecure,
                 ...(o.credentials ? { credentials: o.credentials } : {}),
                 logger,
               })

@@ -1,8 +1,16 @@
 import { createHash } from 'node:crypto'
 import { join } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { isStackerError, StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
-import { parseImageRef, pullImage, RegistryClient, sourceAnnotation } from '@stacker/registry'
+import {
+  OFFLINE_REASONS,
+  parseImageRef,
+  pullImage,
+  pullSources,
+  RegistryClient,
+  readRegistriesConf,
+  sourceAnnotation,
+} from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
 import type { BaseImage } from './bases.js'
 import { contentIdForBlob } from './fs-contents.js'
@@ -24,33 +32,49 @@ async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: st
   const cached = await layout.getTag(cacheTag)
   let descriptor = cached
   if (!(ref.digest && cached && cached.digest === ref.digest)) {
-    // The client finds credentials in auth.json itself, and so can name their source in a 401.
-    const client = new RegistryClient(ref, { insecure: !!layer.from?.insecure, logger: ctx.logger })
-    try {
-      ctx.logger.info(`loading ${url}`)
-      descriptor = await pullImage({
-        ref,
-        layout,
-        platform: { os: layer.os, architecture: layer.arch },
-        tag: cacheTag,
-        // Where the blobs came from, so `stacker publish` to the same registry can mount them.
-        tagAnnotations: sourceAnnotation(ref),
-        client,
+    ctx.logger.info(`loading ${url}`)
+    // registries.conf may name mirrors to try first, and registries that are plain http.
+    const sources = pullSources(ref, readRegistriesConf())
+    for (const [i, source] of sources.entries()) {
+      const last = i === sources.length - 1
+      // The client finds credentials in auth.json itself, and so can name their source in a 401.
+      const client = new RegistryClient(source.ref, {
+        insecure: !!layer.from?.insecure || source.insecure,
         logger: ctx.logger,
       })
-    } catch (e) {
-      const err = e instanceof StackerError ? e : new StackerError('REGISTRY', String(e))
-      const unreachable =
-        err.code === 'REGISTRY' &&
-        /refused|unknown host|timed out|ECONN|ENOTFOUND|EAI_AGAIN|unreachable/i.test(err.message)
-      if (!cached || !unreachable) throw err
-      ctx.logger.warn(`${err.message}; using the cached copy of ${url} (${cached.digest})`)
-      descriptor = cached
-    } finally {
-      client.close()
+      try {
+        if (source.mirror) ctx.logger.debug(`trying mirror ${source.ref}`)
+        descriptor = await pullImage({
+          ref: source.ref,
+          layout,
+          platform: { os: layer.os, architecture: layer.arch },
+          tag: cacheTag,
+          // Where the blobs came from, so `stacker publish` to the same registry can mount them.
+          tagAnnotations: sourceAnnotation(source.ref),
+          client,
+          logger: ctx.logger,
+        })
+        break
+      } catch (e) {
+        const err =
+          e instanceof StackerError
+            ? e
+            : new StackerError('REGISTRY', String(e), { cause: e, detail: { reason: 'protocol', retryable: false } })
+        if (!last) {
+          ctx.logger.debug(`mirror ${source.ref} failed: ${err.message}`)
+          continue
+        }
+        const unreachable = isStackerError(err, 'REGISTRY') && OFFLINE_REASONS.has(err.detail?.reason ?? '')
+        if (!cached || !unreachable) throw err
+        ctx.logger.warn(`${err.message}; using the cached copy of ${url} (${cached.digest})`)
+        descriptor = cached
+      } finally {
+        client.close()
+      }
     }
   }
-  if (!descriptor) throw new StackerError('REGISTRY', `couldn't pull ${url}`)
+  if (!descriptor)
+    throw new StackerError('REGISTRY', `couldn't pull ${url}`, { detail: { reason: 'protocol', retryable: false } })
   const img = await layout.readImage(descriptor.digest)
   return {
     layout,

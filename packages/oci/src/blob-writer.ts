@@ -10,6 +10,9 @@ export interface ExpectedBlob {
   digest?: Digest
   /** The size in bytes the content must have. */
   size?: number
+  /** The producer checks the bytes against `digest` itself (a registry client verifying a download
+   *  as it streams): the writer then counts them but does not hash them again. Needs `digest`. */
+  verifiedByProducer?: boolean
 }
 
 /** A stored blob: its digest and size in bytes. */
@@ -51,7 +54,9 @@ export const TEMP_PREFIX = 'blob-'
 export class LayoutBlobWriter implements BlobWriter {
   readonly path: string
   readonly #ctx: BlobWriterContext
-  readonly #hasher: Hasher
+  /** Undefined when the producer verifies the content (ExpectedBlob.verifiedByProducer). */
+  readonly #hasher: Hasher | undefined
+  #written = 0
   readonly #expected: ExpectedBlob
   readonly #unregister: () => void
   readonly #releaseDigest: (() => void) | undefined
@@ -65,7 +70,10 @@ export class LayoutBlobWriter implements BlobWriter {
     if (expected.digest !== undefined) parseDigest(expected.digest)
     this.#ctx = ctx
     this.#expected = expected
-    this.#hasher = new Hasher(expected.digest ? digestAlgorithm(expected.digest) : 'sha256')
+    this.#hasher =
+      expected.verifiedByProducer && expected.digest !== undefined
+        ? undefined
+        : new Hasher(expected.digest ? digestAlgorithm(expected.digest) : 'sha256')
     this.path = join(ctx.dir, TEMP_DIR, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`)
     ctx.state.tempFiles.add(this.path)
     this.#releaseDigest = expected.digest ? holdDigest(ctx.state, expected.digest) : undefined
@@ -74,7 +82,8 @@ export class LayoutBlobWriter implements BlobWriter {
 
   write(chunk: Uint8Array): Promise<void> {
     if (this.#state !== 'open') return Promise.reject(new StackerError('INTERNAL', `blob writer is ${this.#state}`))
-    this.#hasher.update(chunk)
+    this.#hasher?.update(chunk)
+    this.#written += chunk.byteLength
     const p = this.#queue.then(async () => {
       if (this.#error !== undefined) throw this.#error
       try {
@@ -111,8 +120,8 @@ export class LayoutBlobWriter implements BlobWriter {
       await fh.sync()
       await fh.close()
       this.#fh = undefined
-      const digest = this.#hasher.digest()
-      const size = this.#hasher.size
+      const digest = this.#hasher ? this.#hasher.digest() : (this.#expected.digest as Digest)
+      const size = this.#written
       checkExpected({ digest, size }, this.#expected)
       checkExpected({ digest, size }, expected)
       held = holdDigest(this.#ctx.state, digest)

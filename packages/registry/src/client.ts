@@ -1,14 +1,4 @@
-import type { IncomingMessage } from 'node:http'
-import {
-  type Digest,
-  digestAlgorithm,
-  Hasher,
-  isDigest,
-  type Logger,
-  StackerError,
-  type StackerErrorCode,
-  silentLogger,
-} from '@stacker/core'
+import { type Digest, digestAlgorithm, Hasher, isDigest, type Logger, silentLogger, StackerError } from '@stacker/core'
 import {
   type Descriptor,
   hostPlatform,
@@ -19,9 +9,13 @@ import {
   type Platform,
   platformMatches,
 } from '@stacker/oci'
-import { type Credentials, type CredentialsEntry, lookupAuthEntry } from './auth-file.js'
-import { Agents, type Challenge, drain, header, parseChallenge, type RequestBody, readBody, send } from './http.js'
+import type { Credentials } from './auth-file.js'
+import { RegistryAuth } from './auth.js'
+import { isRetryable, isRetryableStatus, protocolError, statusError, subjectError } from './errors.js'
+import { drain, header, parseChallenge, type RequestBody, type Response, readBody } from './http.js'
 import { type ImageRef, registryHost } from './ref.js'
+import { sleep, Transport } from './transport.js'
+import { ChunkReader, PROGRESS_STEP, shortDigest, UploadProgress } from './upload.js'
 
 export interface RegistryClientOptions {
   /** Allows plain http (tried after https) and TLS without certificate verification. */
@@ -82,56 +76,9 @@ const MANIFEST_ACCEPT = [
   MediaTypes.dockerManifest,
   MediaTypes.dockerManifestList,
 ].join(', ')
-const PROGRESS_STEP = 1 << 20
-
-const retryableErrors = new WeakSet<object>()
-
-/** True for an error worth another try: a lost connection, a timeout, a 5xx. */
-export function isRetryable(e: unknown): boolean {
-  return typeof e === 'object' && e !== null && retryableErrors.has(e)
-}
-
-function markRetryable<E extends object>(e: E): E {
-  retryableErrors.add(e)
-  return e
-}
-
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
-
-function isRetryableStatus(status: number): boolean {
-  return status === 429 || status === 500 || status === 502 || status === 503 || status === 504
-}
-
-function errnoCode(e: unknown): string | undefined {
-  const c = (e as { code?: unknown } | null)?.code
-  return typeof c === 'string' ? c : undefined
-}
-
-const TLS_CODES = new Set([
-  'EPROTO',
-  'ERR_SSL_WRONG_VERSION_NUMBER',
-  'ERR_TLS_CERT_ALTNAME_INVALID',
-  'DEPTH_ZERO_SELF_SIGNED_CERT',
-  'SELF_SIGNED_CERT_IN_CHAIN',
-  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
-  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
-  'CERT_HAS_EXPIRED',
-  'CERT_NOT_YET_VALID',
-  'CERT_UNTRUSTED',
-])
-
-function oneLine(s: string, max = 200): string {
-  const flat = s.replace(/\s+/g, ' ').trim()
-  return flat.length > max ? `${flat.slice(0, max)}...` : flat
-}
-
 function mediaTypeOf(contentType: string | undefined): string | undefined {
   const t = contentType?.split(';')[0]?.trim()
   return t === '' ? undefined : t
-}
-
-function shortDigest(d: Digest): string {
-  return d.slice(0, d.indexOf(':') + 13)
 }
 
 /** `/v2/<repo>/...` with the repository's slashes kept. */
@@ -151,39 +98,41 @@ export class RegistryClient {
   readonly ref: ImageRef
   readonly #insecure: boolean
   readonly #logger: Logger
-  readonly #retries: number
-  readonly #retryDelayMs: number
-  readonly #userAgent: string
   readonly #chunkSize: number
-  readonly #timeoutMs: number
-  readonly #opts: RegistryClientOptions
-  readonly #agents: Agents
+  readonly #transport: Transport
+  readonly #auth: RegistryAuth
   #base: Promise<URL> | undefined
-  #challenge: Challenge | undefined
-  #creds: Promise<CredentialsEntry | undefined> | undefined
-  readonly #tokens = new Map<string, Promise<string>>()
 
   constructor(ref: ImageRef, opts: RegistryClientOptions = {}) {
     this.ref = ref
-    this.#opts = opts
     this.#insecure = opts.insecure ?? false
     this.#logger = opts.logger ?? silentLogger
-    this.#retries = Math.max(0, opts.retries ?? 3)
-    this.#retryDelayMs = opts.retryDelayMs ?? 500
-    this.#userAgent = opts.userAgent ?? 'stacker-ts'
     this.#chunkSize = Math.max(1, opts.chunkSize ?? DEFAULT_CHUNK_SIZE)
-    this.#timeoutMs = opts.timeoutMs ?? 60_000
-    this.#agents = new Agents(this.#insecure)
+    this.#transport = new Transport(ref.registry, {
+      insecure: this.#insecure,
+      env: opts.env,
+      logger: this.#logger,
+      retries: Math.max(0, opts.retries ?? 3),
+      retryDelayMs: opts.retryDelayMs ?? 500,
+      userAgent: opts.userAgent ?? 'stacker-ts',
+      timeoutMs: opts.timeoutMs ?? 60_000,
+    })
+    this.#auth = new RegistryAuth(ref, opts, this.#transport)
+  }
+
+  /** What messages say the client was doing: `pulling REF`, `pushing REF`. */
+  #subject(action: Action): string {
+    return `${action} ${this.ref}`
   }
 
   /** How often and how patiently callers that stream (pullImage) should retry a lost transfer. */
   get retryPolicy(): { retries: number; delayMs: number } {
-    return { retries: this.#retries, delayMs: this.#retryDelayMs }
+    return { retries: this.#transport.opts.retries, delayMs: this.#transport.opts.retryDelayMs }
   }
 
   /** Drops pooled connections. The client stays usable (new connections are opened as needed). */
   close(): void {
-    this.#agents.close()
+    this.#transport.close()
   }
 
   /** Resolves a tag or digest to the manifest descriptor and raw bytes; for an index, picks the
@@ -195,9 +144,8 @@ export class RegistryClient {
     const entry = this.#pickPlatform(top.bytes, wanted)
     const child = await this.#fetchManifest('pulling', entry.digest, entry)
     if (!isManifestMediaType(child.descriptor.mediaType)) {
-      throw this.#error(
-        'pulling',
-        'REGISTRY',
+      throw protocolError(
+        this.#subject('pulling'),
         `${entry.digest} in the index is a ${child.descriptor.mediaType}, not an image manifest`,
       )
     }
@@ -223,7 +171,7 @@ export class RegistryClient {
     await drain(res)
     const status = res.statusCode ?? 0
     if (status === 404) return undefined
-    if (status !== 200) throw await this.#statusError('pulling', res, `manifest ${reference}`)
+    if (status !== 200) throw await statusError(this.#subject('pulling'), res, `manifest ${reference}`)
     const digest = header(res.headers, 'docker-content-digest')
     const size = Number(header(res.headers, 'content-length'))
     const mediaType = mediaTypeOf(header(res.headers, 'content-type'))
@@ -243,7 +191,7 @@ export class RegistryClient {
       access: 'pull',
       followRedirects: true,
     })
-    if (res.statusCode !== 200) throw await this.#statusError('pulling', res, `blob ${desc.digest}`)
+    if (res.statusCode !== 200) throw await statusError(this.#subject('pulling'), res, `blob ${desc.digest}`)
     return this.#verifiedBody(res, desc)
   }
 
@@ -269,9 +217,9 @@ export class RegistryClient {
       try {
         return await this.#uploadOnce(desc, open, mountFrom, extraScopes)
       } catch (e) {
-        if (!isRetryable(e) || attempt >= this.#retries) throw e
+        if (!isRetryable(e) || attempt >= this.#transport.opts.retries) throw e
         this.#logger.debug(`retrying upload of ${desc.digest}`, { attempt: attempt + 1 })
-        await sleep(this.#retryDelayMs * 2 ** attempt)
+        await sleep(this.#transport.opts.retryDelayMs * 2 ** attempt)
       }
     }
   }
@@ -287,7 +235,7 @@ export class RegistryClient {
       body: () => bytes,
     })
     if (res.statusCode !== 201 && res.statusCode !== 200) {
-      throw await this.#statusError('pushing', res, `manifest ${reference}`)
+      throw await statusError(this.#subject('pushing'), res, `manifest ${reference}`)
     }
     await drain(res)
     const digest = new Hasher(isDigest(reference) ? digestAlgorithm(reference) : 'sha256')
@@ -306,12 +254,12 @@ export class RegistryClient {
       headers: { Accept: MANIFEST_ACCEPT },
     })
     if (res.statusCode !== 200)
-      throw await this.#statusError(action, res, isDigest(reference) ? `manifest ${reference}` : '')
+      throw await statusError(this.#subject(action), res, isDigest(reference) ? `manifest ${reference}` : '')
     let bytes: Buffer
     try {
       bytes = await readBody(res, MAX_MANIFEST_BYTES)
     } catch (e) {
-      throw this.#netError(action, e, `reading manifest ${reference}`)
+      throw this.#transport.netError(this.#subject(action), e, undefined, `reading manifest ${reference}`)
     }
     const h = new Hasher(isDigest(reference) ? digestAlgorithm(reference) : 'sha256')
     h.update(bytes)
@@ -319,11 +267,11 @@ export class RegistryClient {
     const headerDigest = header(res.headers, 'docker-content-digest')
     const want = isDigest(reference) ? reference : headerDigest?.startsWith('sha256:') ? headerDigest : undefined
     if (want !== undefined && want !== digest) {
-      throw this.#error(action, 'DIGEST', `manifest ${want} does not match its digest (got ${digest})`)
+      throw subjectError(this.#subject(action), 'DIGEST', `manifest ${want} does not match its digest (got ${digest})`)
     }
     if (expected && expected.size !== bytes.byteLength) {
-      throw this.#error(
-        action,
+      throw subjectError(
+        this.#subject(action),
         'DIGEST',
         `manifest ${digest} is ${bytes.byteLength} bytes, the index says ${expected.size}`,
       )
@@ -332,7 +280,7 @@ export class RegistryClient {
     try {
       parsed = JSON.parse(bytes.toString('utf8'))
     } catch {
-      throw this.#error(action, 'REGISTRY', `manifest ${digest} is not valid JSON`)
+      throw protocolError(this.#subject(action), `manifest ${digest} is not valid JSON`)
     }
     const declared = typeof parsed?.mediaType === 'string' ? parsed.mediaType : undefined
     const mediaType =
@@ -340,7 +288,7 @@ export class RegistryClient {
       mediaTypeOf(header(res.headers, 'content-type')) ??
       (Array.isArray(parsed?.manifests) ? MediaTypes.index : MediaTypes.manifest)
     if (!isManifestMediaType(mediaType) && !isIndexMediaType(mediaType)) {
-      throw this.#error(action, 'REGISTRY', `unsupported manifest type ${mediaType}`)
+      throw protocolError(this.#subject(action), `unsupported manifest type ${mediaType}`)
     }
     return { descriptor: { mediaType, digest, size: bytes.byteLength }, bytes }
   }
@@ -354,8 +302,8 @@ export class RegistryClient {
       manifests.find((m) => platformMatches(m.platform, wanted)) ??
       (manifests.length === 1 && !manifests[0]?.platform ? manifests[0] : undefined)
     if (!hit) {
-      throw this.#error(
-        'pulling',
+      throw subjectError(
+        this.#subject('pulling'),
         'NOT_FOUND',
         `no image found in manifest list for architecture ${wanted.architecture}, variant ${JSON.stringify(wanted.variant ?? '')}, OS ${wanted.os}`,
       )
@@ -377,20 +325,24 @@ export class RegistryClient {
     await drain(res)
     if (res.statusCode === 200) return true
     if (res.statusCode === 404) return false
-    throw await this.#statusError(action, res, `blob ${digest}`)
+    throw await statusError(this.#subject(action), res, `blob ${digest}`)
   }
 
-  async *#verifiedBody(res: IncomingMessage, desc: Descriptor): AsyncGenerator<Uint8Array> {
+  async *#verifiedBody(res: Response, desc: Descriptor): AsyncGenerator<Uint8Array> {
     const h = new Hasher(digestAlgorithm(desc.digest))
     const id = desc.digest
     const label = shortDigest(desc.digest)
     let reported = 0
     try {
-      for await (const chunk of res) {
+      for await (const chunk of res.body) {
         const buf = chunk as Buffer
         h.update(buf)
         if (h.size > desc.size) {
-          throw this.#error('pulling', 'DIGEST', `blob ${desc.digest} is larger than its ${desc.size} bytes`)
+          throw subjectError(
+            this.#subject('pulling'),
+            'DIGEST',
+            `blob ${desc.digest} is larger than its ${desc.size} bytes`,
+          )
         }
         if (h.size - reported >= PROGRESS_STEP) {
           reported = h.size
@@ -400,13 +352,17 @@ export class RegistryClient {
       }
     } catch (e) {
       if (e instanceof StackerError) throw e
-      throw this.#netError('pulling', e, `reading blob ${desc.digest}`)
+      throw this.#transport.netError(this.#subject('pulling'), e, undefined, `reading blob ${desc.digest}`)
     } finally {
-      if (!res.complete) res.destroy()
+      if (!res.body.readableEnded) res.body.destroy()
     }
     const got = h.digest()
     if (got !== desc.digest || h.size !== desc.size) {
-      throw this.#error('pulling', 'DIGEST', `blob ${desc.digest} does not match its digest (got ${got})`)
+      throw subjectError(
+        this.#subject('pulling'),
+        'DIGEST',
+        `blob ${desc.digest} does not match its digest (got ${got})`,
+      )
     }
     this.#logger.progress({ id, kind: 'pull', label, current: h.size, total: desc.size, done: true })
   }
@@ -441,7 +397,7 @@ export class RegistryClient {
       })
       return 'mounted'
     }
-    if (start.statusCode !== 202) throw await this.#statusError('pushing', start, `blob ${desc.digest}`)
+    if (start.statusCode !== 202) throw await statusError(this.#subject('pushing'), start, `blob ${desc.digest}`)
     let location = await this.#location(start)
 
     const progress = new UploadProgress(this.#logger, desc)
@@ -465,7 +421,7 @@ export class RegistryClient {
             replayable: false,
           })
           await drain(res)
-          if (res.statusCode !== 202) throw await this.#statusError('pushing', res, `blob ${desc.digest}`)
+          if (res.statusCode !== 202) throw await statusError(this.#subject('pushing'), res, `blob ${desc.digest}`)
           location = await this.#location(res)
           offset += n
         }
@@ -488,7 +444,7 @@ export class RegistryClient {
       })
       await drain(res)
       if (monolithic) await source.expectEnd(desc)
-      if (res.statusCode !== 201) throw await this.#statusError('pushing', res, `blob ${desc.digest}`)
+      if (res.statusCode !== 201) throw await statusError(this.#subject('pushing'), res, `blob ${desc.digest}`)
       progress.done()
       return 'uploaded'
     } finally {
@@ -496,9 +452,9 @@ export class RegistryClient {
     }
   }
 
-  async #location(res: IncomingMessage): Promise<URL> {
+  async #location(res: Response): Promise<URL> {
     const loc = header(res.headers, 'location')
-    if (!loc) throw this.#error('pushing', 'REGISTRY', 'the registry sent no upload location')
+    if (!loc) throw protocolError(this.#subject('pushing'), 'the registry sent no upload location')
     return new URL(loc, await this.#ensureBase('pushing'))
   }
 
@@ -522,17 +478,17 @@ export class RegistryClient {
     for (const [i, scheme] of schemes.entries()) {
       const last = i === schemes.length - 1
       const base = new URL(`${scheme}://${host}`)
-      let res: IncomingMessage
+      let res: Response
       try {
-        res = await this.#sendRetrying(
-          action,
+        res = await this.#transport.sendRetrying(
+          this.#subject(action),
           () => ({
             method: 'GET',
             url: new URL('/v2/', base),
-            headers: { 'User-Agent': this.#userAgent },
-            timeoutMs: this.#timeoutMs,
+            headers: { 'User-Agent': this.#transport.opts.userAgent },
+            timeoutMs: this.#transport.opts.timeoutMs,
           }),
-          last ? this.#retries : 0,
+          last ? this.#transport.opts.retries : 0,
         )
       } catch (e) {
         if (last) throw e
@@ -541,47 +497,15 @@ export class RegistryClient {
       }
       await drain(res)
       const status = res.statusCode ?? 0
-      if (status === 401) this.#challenge = parseChallenge(header(res.headers, 'www-authenticate'))
-      else if (isRetryableStatus(status)) throw await this.#statusError(action, res, '')
-      this.#logger.debug(`registry ${base.origin}`, { auth: this.#challenge?.scheme ?? 'none' })
+      if (status === 401) this.#auth.challenge = parseChallenge(header(res.headers, 'www-authenticate'))
+      else if (isRetryableStatus(status)) throw await statusError(this.#subject(action), res, '')
+      this.#logger.debug(`registry ${base.origin}`, { auth: this.#auth.challenge?.scheme ?? 'none' })
       return base
     }
     throw new StackerError('INTERNAL', 'unreachable')
   }
 
-  /** Sends a request; connection errors and 5xx are retried with backoff up to `retries` times.
-   *  Resolves with any other response (the last 5xx when retries are used up). */
-  async #sendRetrying(
-    action: Action,
-    build: () => Promise<Parameters<typeof send>[1]> | Parameters<typeof send>[1],
-    retries: number,
-  ): Promise<IncomingMessage> {
-    for (let attempt = 0; ; attempt++) {
-      const spec = await build()
-      let res: IncomingMessage
-      try {
-        res = await send(this.#agents, spec)
-      } catch (e) {
-        const err = this.#netError(action, e, undefined, spec.url)
-        if (isRetryable(err) && attempt < retries) {
-          this.#logger.debug(`${spec.method} ${spec.url.origin}${spec.url.pathname}: ${err.message}, retrying`)
-          await sleep(this.#retryDelayMs * 2 ** attempt)
-          continue
-        }
-        throw err
-      }
-      const status = res.statusCode ?? 0
-      this.#logger.debug(`${spec.method} ${spec.url.origin}${spec.url.pathname} ${status}`)
-      if (isRetryableStatus(status) && attempt < retries) {
-        await drain(res)
-        await sleep(this.#retryDelayMs * 2 ** attempt)
-        continue
-      }
-      return res
-    }
-  }
-
-  async #call(spec: CallSpec): Promise<IncomingMessage> {
+  async #call(spec: CallSpec): Promise<Response> {
     const base = await this.#ensureBase(spec.action)
     let url = typeof spec.url === 'string' ? new URL(spec.url, base) : spec.url
     const scopes = [
@@ -594,18 +518,18 @@ export class RegistryClient {
     for (let redirects = 0; ; ) {
       const target = url
       const sameOrigin = target.origin === base.origin
-      const res = await this.#sendRetrying(
-        spec.action,
+      const res = await this.#transport.sendRetrying(
+        this.#subject(spec.action),
         async () => {
-          const headers: Record<string, string> = { 'User-Agent': this.#userAgent, ...spec.headers }
+          const headers: Record<string, string> = { 'User-Agent': this.#transport.opts.userAgent, ...spec.headers }
           // Credentials go to the registry only, never to a host it redirects to.
-          const auth = sameOrigin ? await this.#authorization(spec.action, scopes) : undefined
+          const auth = sameOrigin ? await this.#auth.authorization(this.#subject(spec.action), scopes) : undefined
           sent = auth
           if (auth) headers.Authorization = auth
-          const s = { method: spec.method, url: target, headers, timeoutMs: this.#timeoutMs }
+          const s = { method: spec.method, url: target, headers, timeoutMs: this.#transport.opts.timeoutMs }
           return spec.body ? { ...s, body: spec.body() } : s
         },
-        replayable ? this.#retries : 0,
+        replayable ? this.#transport.opts.retries : 0,
       )
       const status = res.statusCode ?? 0
       if (status === 401 || status === 403) {
@@ -618,294 +542,23 @@ export class RegistryClient {
           replayable &&
           !reauthorized &&
           challenge !== undefined &&
-          (this.#challenge?.scheme !== challenge.scheme || challenge.scheme === 'bearer')
+          (this.#auth.challenge?.scheme !== challenge.scheme || challenge.scheme === 'bearer')
         if (worthRetry) {
           reauthorized = true
-          this.#challenge = challenge
-          await this.#dropToken(scopes.join(' '), sent)
+          this.#auth.challenge = challenge
+          await this.#auth.dropToken(scopes, sent)
           continue
         }
-        throw await this.#authError(spec.action, status)
+        throw await this.#auth.refused(this.#subject(spec.action), status)
       }
       if (spec.followRedirects && status >= 300 && status < 400 && status !== 304) {
         const loc = header(res.headers, 'location')
         await drain(res)
-        if (!loc || ++redirects > 5) throw this.#error(spec.action, 'REGISTRY', `too many redirects (${status})`)
+        if (!loc || ++redirects > 5) throw protocolError(this.#subject(spec.action), `too many redirects (${status})`)
         url = new URL(loc, target)
         continue
       }
       return res
-    }
-  }
-
-  async #credentials(): Promise<CredentialsEntry | undefined> {
-    if (!this.#creds) {
-      const o = this.#opts
-      this.#creds = o.credentials
-        ? Promise.resolve({ credentials: o.credentials, source: o.credentialsSource ?? '--username', key: '' })
-        : lookupAuthEntry(this.ref.registry, this.ref.repository, {
-            ...(o.authFile !== undefined ? { authFile: o.authFile } : {}),
-            ...(o.env !== undefined ? { env: o.env } : {}),
-          })
-    }
-    return this.#creds
-  }
-
-  async #authorization(action: Action, scopes: string[]): Promise<string | undefined> {
-    const ch = this.#challenge
-    if (!ch) return undefined
-    const entry = await this.#credentials()
-    if (ch.scheme === 'basic') return entry ? basic(entry.credentials) : undefined
-    if (ch.scheme !== 'bearer') return undefined
-    const key = scopes.join(' ')
-    // Blobs go up in parallel: they share one token request per scope rather than racing.
-    let token = this.#tokens.get(key)
-    if (!token) {
-      const p = this.#fetchToken(action, ch, scopes, entry)
-      token = p
-      this.#tokens.set(key, p)
-      p.catch(() => {
-        if (this.#tokens.get(key) === p) this.#tokens.delete(key)
-      })
-    }
-    return `Bearer ${await token}`
-  }
-
-  /** Forgets the token of `key` if it is the one a refused request carried; one that requests in
-   *  parallel fetched meanwhile (or are fetching) is kept. */
-  async #dropToken(key: string, sent: string | undefined): Promise<void> {
-    const cached = this.#tokens.get(key)
-    if (!cached || sent === undefined) return
-    const value = await cached.catch(() => undefined)
-    if (this.#tokens.get(key) === cached && (value === undefined || sent === `Bearer ${value}`))
-      this.#tokens.delete(key)
-  }
-
-  async #fetchToken(
-    action: Action,
-    ch: Challenge,
-    scopes: string[],
-    entry: CredentialsEntry | undefined,
-  ): Promise<string> {
-    const realm = ch.params.realm
-    let url: URL
-    try {
-      url = new URL(realm ?? '')
-    } catch {
-      throw this.#error(action, 'AUTH', `the registry's bearer challenge has no valid realm`)
-    }
-    if (url.protocol !== 'https:' && entry && !this.#insecure) {
-      throw this.#error(action, 'AUTH', `refusing to send credentials to ${url.origin} over plain http`)
-    }
-    if (ch.params.service) url.searchParams.set('service', ch.params.service)
-    for (const s of scopes) url.searchParams.append('scope', s)
-    const res = await this.#sendRetrying(
-      action,
-      () => {
-        const headers: Record<string, string> = { 'User-Agent': this.#userAgent }
-        if (entry) headers.Authorization = basic(entry.credentials)
-        return { method: 'GET', url, headers, timeoutMs: this.#timeoutMs }
-      },
-      this.#retries,
-    )
-    const status = res.statusCode ?? 0
-    if (status === 401 || status === 403) {
-      await drain(res)
-      throw await this.#authError(action, status)
-    }
-    if (status !== 200) throw await this.#statusError(action, res, `token service ${url.host}`)
-    let token: unknown
-    try {
-      const json = JSON.parse((await readBody(res, 1 << 20)).toString('utf8')) as Record<string, unknown>
-      token = json.token ?? json.access_token
-    } catch (e) {
-      if (e instanceof StackerError) throw e
-    }
-    if (typeof token !== 'string' || token === '') {
-      throw this.#error(action, 'AUTH', `token service ${url.host} sent no token`)
-    }
-    return token
-  }
-
-  // --- errors -----------------------------------------------------------------------------
-
-  #error(action: Action, code: StackerErrorCode, detail: string, opts: { hint?: string; cause?: unknown } = {}) {
-    return new StackerError(code, `${action} ${this.ref}: ${detail}`, opts)
-  }
-
-  async #authError(action: Action, status: number): Promise<StackerError> {
-    const what = status === 403 ? 'denied (403)' : `unauthorized (${status})`
-    const entry = await this.#credentials().catch(() => undefined)
-    if (!entry) {
-      return this.#error(action, 'AUTH', `${what}, no credentials for ${this.ref.registry}`, {
-        hint: `pass --username/--password or add ${this.ref.registry} to an auth.json`,
-      })
-    }
-    const source = entry.key ? `${entry.source} (${entry.key})` : entry.source
-    return this.#error(action, 'AUTH', `${what} with the credentials of ${source}`)
-  }
-
-  async #statusError(action: Action, res: IncomingMessage, what: string): Promise<StackerError> {
-    const status = res.statusCode ?? 0
-    let message: string | undefined
-    try {
-      const body = await readBody(res, 64 * 1024)
-      const errors = (JSON.parse(body.toString('utf8')) as { errors?: { message?: unknown }[] }).errors
-      const m = errors?.[0]?.message
-      if (typeof m === 'string' && m !== '') message = oneLine(m)
-    } catch {
-      // Not a registry error document (or a HEAD response): the status says enough.
-    }
-    message ??= oneLine(res.statusMessage || 'request failed')
-    if (status === 404 && what.startsWith('blob ')) message = 'blob unknown'
-    const detail = `${what ? `${what}: ` : ''}${message} (${status})`
-    const err = this.#error(action, status === 404 ? 'NOT_FOUND' : 'REGISTRY', detail)
-    return isRetryableStatus(status) ? markRetryable(err) : err
-  }
-
-  #netError(action: Action, e: unknown, what?: string, url?: URL): StackerError {
-    if (e instanceof StackerError) return e
-    const code = errnoCode(e)
-    const host = url?.hostname ?? registryHost(this.ref.registry).replace(/:\d+$/, '')
-    const prefix = what ? `${what}: ` : ''
-    let detail: string
-    let retryable = true
-    let hint: string | undefined
-    switch (code) {
-      case 'ECONNREFUSED':
-        detail = 'connection refused'
-        break
-      case 'ENOTFOUND':
-        detail = `unknown host ${host}`
-        retryable = false
-        break
-      case 'EAI_AGAIN':
-        detail = `unknown host ${host} (temporary DNS failure)`
-        break
-      case 'ECONNRESET':
-      case 'EPIPE':
-      case 'ECONNABORTED':
-        detail = 'connection lost'
-        break
-      case 'ETIMEDOUT':
-        detail = 'timed out'
-        break
-      case 'EHOSTUNREACH':
-      case 'ENETUNREACH':
-        detail = `host ${host} unreachable`
-        break
-      default:
-        retryable = false
-        if (code && (TLS_CODES.has(code) || code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS'))) {
-          detail = `TLS error: ${tlsReason(e as Error)}`
-          hint = 'use --skip-tls for a registry without a verified certificate'
-        } else {
-          detail = oneLine(e instanceof Error ? e.message : String(e))
-        }
-    }
-    const err = this.#error(action, 'REGISTRY', `${prefix}${detail}`, { cause: e, ...(hint ? { hint } : {}) })
-    return retryable ? markRetryable(err) : err
-  }
-}
-
-/** OpenSSL's reason without its file and line noise; a plain-http server is named as such. */
-function tlsReason(e: Error): string {
-  const reason = /SSL routines:[^:]*:([^:]+):/.exec(e.message)?.[1] ?? oneLine(e.message)
-  return reason === 'wrong version number' ? `${reason} (the server does not speak TLS)` : reason
-}
-
-function basic(c: Credentials): string {
-  return `Basic ${Buffer.from(`${c.username}:${c.password}`, 'utf8').toString('base64')}`
-}
-
-/** Reports upload progress in steps so a large blob does not flood the logger. */
-class UploadProgress {
-  #current = 0
-  #reported = 0
-  readonly #logger: Logger
-  readonly #desc: Descriptor
-  constructor(logger: Logger, desc: Descriptor) {
-    this.#logger = logger
-    this.#desc = desc
-  }
-  add(n: number): void {
-    this.#current += n
-    if (this.#current - this.#reported >= PROGRESS_STEP) {
-      this.#reported = this.#current
-      this.#emit(false)
-    }
-  }
-  done(): void {
-    this.#emit(true)
-  }
-  #emit(done: boolean): void {
-    const d = this.#desc
-    this.#logger.progress({
-      id: d.digest,
-      kind: 'push',
-      label: shortDigest(d.digest),
-      current: this.#current,
-      total: d.size,
-      ...(done ? { done } : {}),
-    })
-  }
-}
-
-/** Cuts one byte stream into consecutive pieces of exact sizes, without copying more than needed. */
-class ChunkReader {
-  readonly #it: AsyncIterator<Uint8Array>
-  #pending: Uint8Array | undefined
-  #ended = false
-
-  constructor(source: AsyncIterable<Uint8Array>) {
-    this.#it = source[Symbol.asyncIterator]()
-  }
-
-  async *take(n: number, progress: UploadProgress): AsyncGenerator<Uint8Array> {
-    let left = n
-    while (left > 0) {
-      let chunk = this.#pending
-      this.#pending = undefined
-      if (!chunk) {
-        if (this.#ended) break
-        const r = await this.#it.next()
-        if (r.done) {
-          this.#ended = true
-          break
-        }
-        chunk = r.value
-      }
-      if (chunk.byteLength > left) {
-        this.#pending = chunk.subarray(left)
-        chunk = chunk.subarray(0, left)
-      }
-      left -= chunk.byteLength
-      progress.add(chunk.byteLength)
-      yield chunk
-    }
-    if (left > 0) throw new StackerError('DIGEST', `blob source ended ${left} bytes short`)
-  }
-
-  /** Fails if the source has bytes beyond the descriptor's size. */
-  async expectEnd(desc: Descriptor): Promise<void> {
-    if (this.#pending && this.#pending.byteLength > 0) {
-      throw new StackerError('DIGEST', `blob ${desc.digest} is larger than its ${desc.size} bytes`)
-    }
-    if (this.#ended) return
-    for (;;) {
-      const r = await this.#it.next()
-      if (r.done) break
-      if (r.value.byteLength > 0) {
-        throw new StackerError('DIGEST', `blob ${desc.digest} is larger than its ${desc.size} bytes`)
-      }
-    }
-    this.#ended = true
-  }
-
-  async close(): Promise<void> {
-    if (!this.#ended) {
-      this.#ended = true
-      await this.#it.return?.()
     }
   }
 }

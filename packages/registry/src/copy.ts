@@ -9,7 +9,8 @@ import {
   type Platform,
   validateRefName,
 } from '@stacker/oci'
-import { isRetryable, RegistryClient } from './client.js'
+import { RegistryClient } from './client.js'
+import { isRetryable } from './errors.js'
 import { withContext } from './layout-like.js'
 import { type ImageRef, parseImageRef, refReference } from './ref.js'
 import { WriteBatch } from './write-batch.js'

@@ -13,8 +13,8 @@ export {
   type ManifestResult,
   type PushBlobResult,
   DEFAULT_CHUNK_SIZE,
-  isRetryable,
 } from './client.js'
+export { isRetryable, OFFLINE_REASONS, type RegistryReason } from './errors.js'
 export type { OciLayoutLike } from './layout-like.js'
 export { pullImage, type PullImageOptions } from './pull.js'
 export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'
@@ -31,6 +31,30 @@ export {
   type CopyImageOptions,
   type TransportRef,
 } from './copy.js'
+export {
+  NetDispatcher,
+  type DispatcherOptions,
+  type ProxyConfig,
+  type HostCerts,
+  proxyConfig,
+  proxyFor,
+  describeProxy,
+  trustedCas,
+  hostCerts,
+  certsDirs,
+  sharedDispatcher,
+  netFetch,
+} from './net.js'
+export {
+  type RegistryEntry,
+  type PullSource,
+  type RegistriesConfOptions,
+  registriesConfFiles,
+  readRegistriesConf,
+  findRegistryEntry,
+  pullSources,
+  pushTarget,
+} from './registries-conf.js'
 // The core types this package's API takes and throws, so a user needs no second import.
 export { isStackerError, StackerError } from '@stacker/core'
 export type {

@@ -1,4 +1,5 @@
 import { type Digest, StackerError, type StackerErrorCode } from '@stacker/core'
+import { subjectError, subjectOf } from './errors.js'
 import type { BlobInfo, BlobWriter, Descriptor, ExpectedBlob } from '@stacker/oci'
 
 /** What pull and push need of an OCI layout; @stacker/oci's OciLayout is one. */
@@ -18,20 +19,21 @@ export interface OciLayoutLike {
   setTag(name: string, desc: Descriptor): Promise<void>
 }
 
-/** Runs `fn`; an error whose message does not already start with `prefix` gets it, so every error
- *  of a pull or push is one line naming the reference. */
+/** Runs `fn`; an error not already about `prefix` gets it (`<prefix>: <message>`), so every error of
+ *  a pull or push is one line naming the reference. Code, hint and detail are kept. */
 export async function withContext<T>(prefix: string, code: StackerErrorCode, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn()
   } catch (e) {
     if (e instanceof StackerError) {
-      if (e.message.startsWith(`${prefix}:`)) throw e
-      throw new StackerError(e.code, `${prefix}: ${e.message}`, {
+      if (subjectOf(e) === prefix) throw e
+      throw subjectError(prefix, e.code, e.message, {
         cause: e,
         ...(e.hint !== undefined ? { hint: e.hint } : {}),
+        ...(e.detail !== undefined ? { detail: e.detail } : {}),
       })
     }
     const msg = e instanceof Error ? e.message : String(e)
-    throw new StackerError(code, `${prefix}: ${msg.replace(/\s+/g, ' ')}`, { cause: e })
+    throw subjectError(prefix, code, msg.replace(/\s+/g, ' '), { cause: e })
   }
 }

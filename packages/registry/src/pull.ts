@@ -8,7 +8,8 @@ import {
   type Manifest,
   type Platform,
 } from '@stacker/oci'
-import { isRetryable, RegistryClient } from './client.js'
+import { RegistryClient } from './client.js'
+import { isRetryable } from './errors.js'
 import { type OciLayoutLike, withContext } from './layout-like.js'
 import { type ImageRef, refReference } from './ref.js'
 import { WriteBatch } from './write-batch.js'
@@ -102,7 +103,10 @@ async function collectTree(
   depth: number,
 ): Promise<void> {
   if (isIndexMediaType(m.descriptor.mediaType)) {
-    if (depth > 4) throw new StackerError('REGISTRY', `index ${m.descriptor.digest} nests too deep`)
+    if (depth > 4)
+      throw new StackerError('REGISTRY', `index ${m.descriptor.digest} nests too deep`, {
+        detail: { reason: 'protocol', retryable: false },
+      })
     const index = parseJson<ImageIndex>(m)
     for (const entry of Array.isArray(index.manifests) ? index.manifests : []) {
       checkDescriptor(m, entry)
@@ -119,7 +123,9 @@ function parseJson<T>(m: FetchedManifest): T {
 
 function checkDescriptor(m: FetchedManifest, d: Descriptor | undefined): asserts d is Descriptor {
   if (!d || typeof d.digest !== 'string' || !isDigest(d.digest) || !Number.isSafeInteger(d.size) || d.size < 0) {
-    throw new StackerError('REGISTRY', `manifest ${m.descriptor.digest} has an invalid descriptor`)
+    throw new StackerError('REGISTRY', `manifest ${m.descriptor.digest} has an invalid descriptor`, {
+      detail: { reason: 'protocol', retryable: false },
+    })
   }
 }
 
@@ -168,7 +174,9 @@ async function fetchInto(
 ): Promise<BlobWriter> {
   const { retries, delayMs } = client.retryPolicy
   for (let attempt = 0; ; attempt++) {
-    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
+    // fetchBlob's stream checks the digest before it ends (and the writer is committed only after
+    // a clean end): hashing every byte a second time in the writer would cost a pull its CPU.
+    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size, verifiedByProducer: true })
     try {
       const batch = new WriteBatch(w)
       try {

@@ -1,7 +1,7 @@
 import { type Dirent, readdirSync } from 'node:fs'
 import { setImmediate } from 'node:timers/promises'
 import { join } from 'node:path'
-import { listAttributesSync, removeAttributeSync } from '@napi-rs/xattr'
+import { listXattrs, removeXattr } from '../xattr.js'
 
 /** overlayfs xattrs that describe the layer's content and stay in an image: an opaque dir, and
  *  the xattr form of whiteouts (a file marked `overlay.whiteout` in a dir marked
@@ -26,18 +26,13 @@ export async function stripOverlayXattrs(dir: string): Promise<number> {
   let removed = 0
   let sinceYield = 0
   const strip = (path: string) => {
-    let names: string[]
-    try {
-      names = listAttributesSync(path)
-    } catch (e) {
-      // A filesystem without xattr support (e.g. a squashfs image made without them, opened as a
-      // base layer) has none to strip.
-      if (/os error 95|not supported/i.test((e as Error).message)) return
-      throw e
-    }
+    // A filesystem without xattr support (e.g. a squashfs image made without them, opened as a
+    // base layer) has none to strip.
+    const names = listXattrs(path)
+    if (names === undefined) return
     for (const name of names) {
       if (!isOverlayBookkeepingXattr(name)) continue
-      removeAttributeSync(path, name)
+      removeXattr(path, name)
       removed++
     }
   }
@@ -66,13 +61,7 @@ const YIELD_EVERY = 4096
 /** Whether the filesystem holding `path` supports xattrs at all. A squashfs image made without
  *  xattrs, opened as a base layer, does not: listing them fails with ENOTSUP. */
 export function supportsXattrs(path: string): boolean {
-  try {
-    listAttributesSync(path)
-    return true
-  } catch (e) {
-    if (/os error 95|not supported/i.test((e as Error).message)) return false
-    throw e
-  }
+  return listXattrs(path) !== undefined
 }
 
 /** The first entry below `dir` whose name is longer than `maxBytes`, as a path relative to `dir`

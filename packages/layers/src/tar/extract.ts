@@ -25,7 +25,7 @@ import { mkdir, realpath } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createGunzip } from 'node:zlib'
-import { setAttributeSync } from '@napi-rs/xattr'
+import { EOPNOTSUPP, EPERM, setXattr, xattrErrno } from '../xattr.js'
 import { type Logger, runningInUserNamespace, silentLogger, StackerError } from '@stacker/core'
 import { readTar, type TarEntry } from './reader.js'
 import {
@@ -311,7 +311,7 @@ class Extractor {
     const parentParts = splitName(e.name).slice(0, -1)
     if (base === OPAQUE_WHITEOUT) {
       const dir = this.#resolveDir(parentParts, true)
-      if (this.#mode === 'overlay') setAttributeSync(this.#abs(dir), OVERLAY_OPAQUE_XATTR, 'y')
+      if (this.#mode === 'overlay') setXattr(this.#abs(dir), OVERLAY_OPAQUE_XATTR, 'y')
       else this.#pruneLower(dir)
       return
     }
@@ -374,11 +374,12 @@ class Extractor {
         continue
       }
       try {
-        setAttributeSync(path, name, value)
+        setXattr(path, name, value)
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err)
         // EPERM/EOPNOTSUPP: this filesystem or file type cannot hold it; the file is still usable.
-        if (/os error (1|95)\)/.test(msg)) this.#logger.warn(`cannot set xattr ${name} on ${e.name}: ${msg}`)
+        const errno = xattrErrno(err)
+        if (errno === EPERM || errno === EOPNOTSUPP) this.#logger.warn(`cannot set xattr ${name} on ${e.name}: ${msg}`)
         else throw new EntryError(`cannot set xattr ${name}: ${msg}`)
       }
     }

@@ -3,7 +3,7 @@ import { closeSync, lstatSync, openSync, readdirSync, readlinkSync, readSync } f
 import { open, readdir } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
-import { getAttributeSync, listAttributesSync } from '@napi-rs/xattr'
+import { getXattr, listXattrs } from '../xattr.js'
 import { type Digest, Hasher, type Logger, silentLogger, StackerError } from '@stacker/core'
 import { Annotations, type Descriptor, MediaTypes } from '@stacker/oci'
 import { encodeHeader, END_OF_ARCHIVE, type TarEntryType, type TarHeader } from './format.js'
@@ -94,25 +94,19 @@ function mtimeSeconds(st: BigIntStats, sde: number | undefined): number {
 }
 
 function readXattrs(path: string): { xattrs: Array<[string, Buffer]>; opaque: boolean } {
-  let names: string[]
-  try {
-    names = listAttributesSync(path)
-  } catch (e) {
-    // A filesystem without xattr support (e.g. a squashfs image made without them) has none.
-    if (/os error 95|not supported/i.test((e as Error).message)) return { xattrs: [], opaque: false }
-    throw e
-  }
+  const names = listXattrs(path)
+  if (names === undefined) return { xattrs: [], opaque: false }
   const xattrs: Array<[string, Buffer]> = []
   let opaque = false
   for (const name of names) {
     if (isOverlayXattr(name)) {
       if (name === OVERLAY_OPAQUE_XATTR) {
-        const v = getAttributeSync(path, name)
+        const v = getXattr(path, name)
         opaque = v !== null && v.toString() === 'y'
       }
       continue
     }
-    const v = getAttributeSync(path, name)
+    const v = getXattr(path, name)
     if (v !== null) xattrs.push([name, v])
   }
   xattrs.sort((a, b) => Buffer.compare(toBuf(a[0]), toBuf(b[0])))
