@@ -17,9 +17,9 @@ import {
 import { once } from 'node:events'
 import { join } from 'node:path'
 import { setImmediate } from 'node:timers/promises'
-import { setAttributeSync } from '@napi-rs/xattr'
 import { type Logger, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
 import { mknod } from '../tar/overlay.js'
+import { EOPNOTSUPP, EPERM, setXattr, xattrErrno } from '../xattr.js'
 import {
   type ErofsDirent,
   ErofsImage,
@@ -333,12 +333,13 @@ class Extractor {
   #xattrs(path: string, inode: ErofsInode, rel: string): void {
     for (const [name, value] of this.#img.xattrs(inode)) {
       try {
-        setAttributeSync(path, name, value)
+        setXattr(path, name, value)
       } catch (err) {
         const msg = err instanceof Error ? err.message : String(err)
         // EPERM/EOPNOTSUPP: this filesystem, file type or namespace cannot hold it (trusted.* in a
         // user namespace); the file is still usable, and the kernel would not have shown it there.
-        if (!/os error (1|95)\)/.test(msg)) throw new EntryError(`cannot set xattr ${name}: ${msg}`)
+        const code = xattrErrno(err)
+        if (code !== EPERM && code !== EOPNOTSUPP) throw new EntryError(`cannot set xattr ${name}: ${msg}`)
         const key = `${name}\0${msg}`
         if (!this.#warned.has(key)) {
           this.#warned.add(key)
