@@ -45,12 +45,14 @@ if (!(REPS >= 1)) throw new Error(`invalid --reps ${flags.reps}`)
 const ONLY = new Set((flags.only ?? 'W1,W2,W3,W4,W5,R,S').split(',').map((s) => s.trim().toUpperCase()))
 const QUICK = flags.quick
 
-// Sizes: the issue's, or a tenth of them with --quick.
+// Sizes: full, or a tenth of them with --quick.
 const SIZE = QUICK
   ? { stepBytes: 5 * MB, w3: 100 * MB, w5: 12 * MB, rss: 200 * MB }
   : { stepBytes: 50 * MB, w3: 1024 * MB, w5: 120 * MB, rss: 2048 * MB }
 
 const say = (s) => process.stderr.write(`bench: ${s}\n`)
+// Read once, before any workload runs: what the results say the CLI was.
+const CLI_FORM = await cliForm()
 
 // ---------------------------------------------------------------- tools and measurement
 
@@ -456,7 +458,7 @@ async function w3() {
     },
     {
       name: 'mksquashfs zstd level 15',
-      // Minutes per run at the issue's size: one run is the reference, and its spread is small next to
+      // Minutes per run at the full size: one run is the reference, and its spread is small next to
       // the ratio measured against it.
       maxReps: QUICK ? REPS : 1,
       setup: clearOut,
@@ -531,53 +533,114 @@ async function w4() {
 
 // ---------------------------------------------------------------- W5: copying an import tree in
 
+/**
+ * An ordinary user for the unprivileged rows, set up as upstream documents it (`stacker unpriv-setup`
+ * gives it subordinate ids); `remove()` deletes it and its ids again. Undefined, with a note, when
+ * one cannot be made here.
+ */
+function benchUser() {
+  const name = `stkbench${process.pid}`
+  const r = spawnSync(
+    'useradd',
+    ['--system', '--user-group', '--no-create-home', '--shell', '/usr/sbin/nologin', name],
+    {
+      encoding: 'utf8',
+    },
+  )
+  if (r.status !== 0) {
+    notes.push(`no unprivileged row: useradd failed: ${(r.stderr || r.stdout).trim()}`)
+    return undefined
+  }
+  const id = (flag) => Number(sh(`id ${flag} ${name}`).trim())
+  const user = { name, uid: id('-u'), gid: id('-g') }
+  user.as = (argv) => ['setpriv', `--reuid=${user.uid}`, `--regid=${user.gid}`, '--clear-groups', '--', ...argv]
+  user.remove = () => {
+    spawnSync('userdel', ['--force', name], { stdio: 'ignore' })
+    for (const f of ['/etc/subuid', '/etc/subgid']) {
+      const text = readFileSync(f, 'utf8')
+      const kept = text.split('\n').filter((l) => !l.startsWith(`${name}:`))
+      if (kept.length !== text.split('\n').length) writeFileSync(f, kept.join('\n'))
+    }
+  }
+  return user
+}
+
+/** A work dir the user owns, empty, handed over by unpriv-setup as a user would get it. */
+async function userWorkDir(user, dir) {
+  await rm(dir, { recursive: true, force: true })
+  await mkdir(dir, { recursive: true })
+  sh(`chown ${user.uid}:${user.gid} '${dir}' && '${STACKER}' --work-dir '${dir}' unpriv-setup --username ${user.name}`)
+}
+
 async function w5(base) {
   const dir = join(WORK, 'w5')
   const tree = join(dir, 'ctx', 'tree')
   say(`W5: import tree of ${SIZE.w5 / MB} MiB`)
   await makeTree(tree, { bytes: SIZE.w5, bigFile: 4 << 20 })
+  const yaml = (from) =>
+    `w5:\n  from:\n    type: oci\n    url: ${from}:latest\n  imports:\n    - ${tree}\n  run: |\n    mkdir -p /opt\n    cp -a /stacker/imports/tree /opt/tree\n`
   const file = join(dir, 'stacker.yaml')
-  await writeFile(
-    file,
-    `w5:\n  from:\n    type: oci\n    url: ${base}:latest\n  imports:\n    - ${tree}\n  run: |\n    mkdir -p /opt\n    cp -a /stacker/imports/tree /opt/tree\n`,
-  )
+  await writeFile(file, yaml(base))
   await writeFile(join(dir, 'ctx', 'Containerfile'), `FROM ${buildahFrom()}\nCOPY tree /opt/tree\n`)
   const st = join(dir, 'st')
   const L = join(dir, 'umoci', 'layout')
   const B = join(dir, 'umoci', 'bundle')
-  await alternate('W5', [
-    { name: 'stacker', setup: () => stackerClean(st), argv: () => stackerBuild(file, st) },
-    {
-      name: 'umoci path',
-      setup: async () => {
-        await rm(join(dir, 'umoci'), { recursive: true, force: true })
-        await mkdir(join(dir, 'umoci'), { recursive: true })
-        await cp(base, L, { recursive: true })
+  // The unprivileged build reads the same tree, and a copy of the base it can read.
+  const user = benchUser()
+  const ust = join(dir, 'st-user')
+  const ufile = join(dir, 'stacker-user.yaml')
+  if (user) {
+    await rm(join(dir, 'ubase'), { recursive: true, force: true })
+    await cp(base, join(dir, 'ubase'), { recursive: true })
+    await writeFile(ufile, yaml(join(dir, 'ubase')))
+    // The tree becomes the user's, as a user's own import would be: its files can be hard-linked
+    // into the imports dir then (the kernel refuses links to files of others); root links them anyway.
+    sh(`chmod -R a+rX '${join(dir, 'ubase')}' && chmod a+r '${ufile}' && chown -R ${user.uid}:${user.gid} '${tree}'`)
+  }
+  try {
+    await alternate('W5', [
+      { name: 'stacker', setup: () => stackerClean(st), argv: () => stackerBuild(file, st) },
+      {
+        name: 'stacker unprivileged',
+        skip: !user,
+        setup: () => userWorkDir(user, ust),
+        argv: () => user.as(stackerBuild(ufile, ust)),
       },
-      argv: () =>
-        shArgv(
-          `umoci unpack --image ${L}:latest ${B} >/dev/null\nmkdir -p ${B}/rootfs/opt\ncp -a ${tree} ${B}/rootfs/opt/tree\numoci repack --image ${L}:w5 ${B}`,
-        ),
-    },
-    {
-      name: 'buildah bud',
-      skip: !!buildahProblem,
-      setup: resetBuildah,
-      argv: () => [
-        'buildah',
-        ...buildahGlobal(),
-        'bud',
-        '-q',
-        '--layers',
-        '--isolation',
-        'chroot',
-        '-t',
-        'bench-w5',
-        join(dir, 'ctx'),
-      ],
-    },
-  ])
-  await stackerClean(st)
+      {
+        name: 'umoci path',
+        setup: async () => {
+          await rm(join(dir, 'umoci'), { recursive: true, force: true })
+          await mkdir(join(dir, 'umoci'), { recursive: true })
+          await cp(base, L, { recursive: true })
+        },
+        argv: () =>
+          shArgv(
+            `umoci unpack --image ${L}:latest ${B} >/dev/null\nmkdir -p ${B}/rootfs/opt\ncp -a ${tree} ${B}/rootfs/opt/tree\numoci repack --image ${L}:w5 ${B}`,
+          ),
+      },
+      {
+        name: 'buildah bud',
+        skip: !!buildahProblem,
+        setup: resetBuildah,
+        argv: () => [
+          'buildah',
+          ...buildahGlobal(),
+          'bud',
+          '-q',
+          '--layers',
+          '--isolation',
+          'chroot',
+          '-t',
+          'bench-w5',
+          join(dir, 'ctx'),
+        ],
+      },
+    ])
+  } finally {
+    await stackerClean(st)
+    await rm(ust, { recursive: true, force: true })
+    user?.remove()
+  }
 }
 
 // ---------------------------------------------------------------- R: registry push and pull
@@ -669,7 +732,7 @@ function extra(w, t, k) {
   return results.get(w)?.get(t)?.extra[k]
 }
 
-/** The issue's targets, each from this run's numbers. */
+/** The performance targets, each from this run's numbers. */
 function targets() {
   const rows = []
   const add = (target, measured, pass) => {
@@ -685,6 +748,12 @@ function targets() {
     'W5 cold build <= 1.0x the umoci path',
     r(w5),
     ok(w5, (x) => x <= 1.0),
+  )
+  const unpriv = ratio(med('W5', 'stacker unprivileged'), med('W5', 'stacker'))
+  add(
+    'W5 unprivileged cold build <= 1.2x root',
+    r(unpriv),
+    ok(unpriv, (x) => x <= 1.2),
   )
   const noop = med('W2 no-op', 'stacker')
   add(
@@ -746,19 +815,12 @@ function version(cmd) {
   }
 }
 
-/** Whether bin/stacker runs the bundle (the same check it makes). */
-function cliForm() {
-  const app = join(ROOT, 'apps/stacker')
-  try {
-    const inputs = JSON.parse(readFileSync(join(app, 'dist/bundle/inputs.json'), 'utf8'))
-    for (const [file, size, mtime] of inputs) {
-      const st = statSync(join(app, file))
-      if (st.size !== size || Math.round(st.mtimeMs) !== mtime) return 'unbundled (dist/bundle is stale)'
-    }
-    return 'bundled (apps/stacker/dist/bundle)'
-  } catch {
-    return 'unbundled (no apps/stacker/dist/bundle)'
-  }
+/** Whether bin/stacker runs the bundle (the launcher's own check). */
+async function cliForm() {
+  const { bundleIsCurrent } = await import(join(ROOT, 'apps/stacker/dist/launcher.js'))
+  return bundleIsCurrent()
+    ? 'bundled (apps/stacker/dist/bundle)'
+    : 'unbundled (apps/stacker/dist/bundle is missing or stale)'
 }
 
 function loadAvg() {
@@ -773,7 +835,7 @@ function machine() {
     `- CPU: ${cpu[0]?.model ?? '?'} x ${cpu.length}`,
     `- memory: ${(totalmem() / 1024 ** 3).toFixed(1)} GiB`,
     `- kernel: ${sh('uname -sr').trim()}; filesystem of bench/.work: ${sh(`findmnt -no FSTYPE -T '${WORK}' || stat -f -c %T '${WORK}'`).trim()}`,
-    `- stacker CLI: ${cliForm()}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
+    `- stacker CLI: ${CLI_FORM}; NODE_EXTRA_CA_CERTS ${process.env.NODE_EXTRA_CA_CERTS ? 'set (node reads the CA file at every start; bin/stacker leaves it to its first TLS connection)' : 'unset'}`,
     `- load average at the end: ${loadAvg()}`,
     `- node ${process.version}; ${version('umoci --version')}; ${version('buildah --version')}; ${version('mksquashfs -version')}; ${version('pigz --version')}; ${version('zstd --version')}`,
   ].join('\n')
@@ -854,7 +916,7 @@ async function main() {
   const text = `# Benchmark results
 
 Written by \`npm run bench\` (\`node bench/run.mjs${args ? ` ${args}` : ''}\`) on ${started.toISOString().slice(0, 10)}: ${
-    QUICK ? "quick sizes (a tenth of the issue's)" : 'full sizes'
+    QUICK ? 'quick sizes (a tenth of the full ones)' : 'full sizes'
   }, ${REPS} repetitions, tools alternating within each repetition, ${minutes} minutes in all.${
     earlier
       ? `\nRows of ${rerun.join(', ')} are from that run; the others are kept from the run of ${earlier.started.slice(0, 16).replace('T', ' ')} UTC (\`node bench/run.mjs${earlier.args ? ` ${earlier.args}` : ''}\`, ${earlier.reps} repetitions, ${earlier.minutes} minutes), and the targets use both.`
@@ -876,7 +938,8 @@ ${machine()}
   files): the project's layer writer (\`bench/layer-write.mjs\`) vs \`umoci repack\` and
   \`mksquashfs -comp zstd\` (level 15, upstream's default).
 - **W4** extraction of a ${fmtMiB(SIZE.w3)} single-layer base image (tar+gzip).
-- **W5** a build whose run step copies a ${fmtMiB(SIZE.w5)} import tree into the rootfs.
+- **W5** a build whose run step copies a ${fmtMiB(SIZE.w5)} import tree into the rootfs; also run by an
+  ordinary user (\`stacker unpriv-setup\`, then the build in its user namespace) on the same tree.
 - **R** pushing and pulling a ${QUICK ? '100 MiB' : '1 GiB'} three-layer image (tar+gzip of a tree half random, half text)
   to and from a local docker-registry: the project's registry client (\`bench/registry.mjs\`) vs \`skopeo copy\`.
 - **S** \`stacker --version\` startup, and peak RSS while writing a ${fmtMiB(SIZE.rss)} tar+gzip layer.

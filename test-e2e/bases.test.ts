@@ -1,4 +1,4 @@
-// Bases (reference 2.3 `from`, 4.3, 4.6; upstream's bats "oci-import", "cp-not-required",
+// Bases (upstream's bats "oci-import", "cp-not-required",
 // "empty-layers" and the scratch cases of "import"): tar bases (local and stacker://), oci refs with
 // `:`, an output dir shared with the input layout, docker bases from `oci:` urls, scratch, an image
 // with no layers, an extra empty layer, one extraction per base digest, and a hostile base layer.

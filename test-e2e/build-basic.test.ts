@@ -1,6 +1,6 @@
 // A build on the busybox fixture with imports, run, environment, labels, volumes, working_dir,
-// runtime_user and annotations, checked with skopeo, umoci and a tar reader (reference 2.3, 3.3, 3.4,
-// 3.6; upstream's bats "basic", "annotations", "annotations-namespace" and "env").
+// runtime_user and annotations, checked with skopeo, umoci and a tar reader (upstream's bats "basic",
+// "annotations", "annotations-namespace" and "env").
 import { existsSync } from 'node:fs'
 import { lstat, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -138,7 +138,7 @@ describe('basic build', () => {
       expect(c?.User).toBe('1000')
       expect(cfg.os).toBe('linux')
     }
-    // Environment keeps file order (design.md principle 4), after the inherited entries.
+    // Environment keeps file order (docs/compatibility.md), after the inherited entries.
     const env = plain.config?.Env ?? []
     expect(env.indexOf('FOO=bar')).toBeLessThan(env.indexOf('BAZ=two words'))
     // build_env is for the build container only.

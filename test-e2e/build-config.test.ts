@@ -1,5 +1,5 @@
-// Image config rules: cmd/entrypoint/full_command (design.md "Deliberate differences"), generate_labels,
-// os/arch, and reproducibility with SOURCE_DATE_EPOCH (reference 2.3, 3.6; upstream's bats "entrypoint",
+// Image config rules: cmd/entrypoint/full_command (docs/compatibility.md), generate_labels,
+// os/arch, and reproducibility with SOURCE_DATE_EPOCH (upstream's bats "entrypoint",
 // "labels", "multi-arch" and "reproducible").
 import { cp, mkdir } from 'node:fs/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'

@@ -1,4 +1,4 @@
-// The build cache (reference 3.5, 4.2, 4.7; design.md principle 3): what hits, what misses and why,
+// The build cache (docs/architecture.md, "The cache"): what hits, what misses and why,
 // and that a damaged cache is survived.
 import { readdir, readFile, rm, symlink, writeFile, chmod } from 'node:fs/promises'
 import { join } from 'node:path'

@@ -1,7 +1,7 @@
-// Global dir flags and the config file, inspect, grab, chroot, clean, logging and check (reference 1.1,
-// 1.2, 2.2, 2.4; upstream's bats "args", "config", "basic", "grab", "chroot", "clean", "log", "check").
+// Global dir flags and the config file, inspect, grab, chroot, clean, logging and check (upstream's
+// bats "args", "config", "basic", "grab", "chroot", "clean", "log", "check").
 import { existsSync } from 'node:fs'
-import { readdir, readFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import {
   assertNoMountsUnder,
@@ -272,5 +272,25 @@ describe('check', () => {
     expect(r.exitCode, r.stderr).toBe(0)
     expect(r.stderr).toContain('os/kernel: ')
     expect(r.stderr).toContain(p.path('roots'))
+  })
+})
+
+describe('an --oci-dir that is not a layout', () => {
+  it('says so in upstream words, and an empty dir becomes a layout', async () => {
+    const p = await project()
+    await writeFile(p.path('afile'), 'x')
+    const file = await stacker(['--oci-dir', p.path('afile'), 'build'], { cwd: p.dir })
+    expect(file.exitCode).toBe(1)
+    expect(file.stderr).toContain(`error: parameter oci-dir="${p.path('afile')}" exists but is not a directory.`)
+    await mkdir(p.path('notlayout'))
+    await writeFile(p.path('notlayout/x'), 'x')
+    const dir = await stacker(['--oci-dir', p.path('notlayout'), 'build'], { cwd: p.dir })
+    expect(dir.exitCode).toBe(1)
+    expect(dir.stderr).toContain(
+      `error: parameter oci-dir="${p.path('notlayout')}" exists but does not look like an OCI Layout.`,
+    )
+    await mkdir(p.path('empty'))
+    expectOk(await stacker(['--oci-dir', p.path('empty'), 'build'], { cwd: p.dir }))
+    expect(existsSync(p.path('empty/index.json'))).toBe(true)
   })
 })

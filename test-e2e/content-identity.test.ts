@@ -1,4 +1,4 @@
-// A layer's stored filesystem is identified by what its build produced (design.md principle 3): every
+// A layer's stored filesystem is identified by what its build produced (docs/architecture.md): every
 // cache path is checked on the content of the result after the rebuild, not on log lines alone.
 import { existsSync } from 'node:fs'
 import { mkdir, readFile, readdir, readlink, rm, writeFile } from 'node:fs/promises'
@@ -489,4 +489,50 @@ child:
   expect(u3).not.toBe(u1)
   expect(await imageFile(p, 'child', 'copy')).toBe(u3)
   expect(await grab(p, 'child:/copy')).toBe(u3)
+})
+
+describe('messages that scripts grep', () => {
+  it('a rebuild with binds ends its output with the success line; Copying blob only with --progress', async () => {
+    const p = await project({
+      'src/f': 'x\n',
+      'stacker.yaml': `
+bind-test:
+  from: {type: oci, url: "\${{BUSYBOX_OCI}}"}
+  binds:
+    - \${{DIR}}/src -> /src
+  run: cp /src/f /f
+`,
+    })
+    expectOk(await build(p))
+    for (const flags of [[], ['--debug']]) {
+      const f = fixtures()
+      const r = expectOk(
+        await stacker(
+          [...flags, 'build', '--substitute', `BUSYBOX_OCI=${f.BUSYBOX_OCI}`, '--substitute', `DIR=${p.dir}`],
+          {
+            cwd: p.dir,
+          },
+        ),
+      )
+      expect(r.stderr).toContain('rebuilding cached layer due to use of binds in stacker file')
+      expect(r.stderr.trimEnd().split('\n').at(-1)).toBe('filesystem bind-test built successfully')
+      expect(r.stderr).not.toContain('Copying blob')
+    }
+    const progress = expectOk(
+      await stacker(
+        [
+          '--progress',
+          'build',
+          '--substitute',
+          `BUSYBOX_OCI=${fixtures().BUSYBOX_OCI}`,
+          '--substitute',
+          `DIR=${p.dir}`,
+        ],
+        {
+          cwd: p.dir,
+        },
+      ),
+    )
+    expect(progress.stderr).toMatch(/^Copying blob sha256:[0-9a-f]{12}/m)
+  })
 })

@@ -1,4 +1,4 @@
-// imports, imports with dest (reference 2.3), stacker:// imports, hashes, http(s) imports,
+// imports, imports with dest, stacker:// imports, hashes, http(s) imports,
 // --require-hash, the legacy `import:` and binds.
 import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
@@ -182,6 +182,34 @@ use:
     // busybox + 8 dest imports + the run's diff.
     expect((await readManifest(p.path('oci'), 'table')).layers).toHaveLength(10)
   })
+})
+
+it('keeps the owner and mode of the directories a dest import lands in', async () => {
+  const p = await project({
+    'f.txt': 'F\n',
+    'stacker.yaml': `
+base:
+  ${BUSYBOX}
+  build_only: true
+  run: mkdir -p /home/u && chown 1000:1000 /home/u && chmod 700 /home/u
+img:
+  from: {type: built, tag: base}
+  imports:
+    - {path: f.txt, dest: /tmp/f.txt}
+    - {path: f.txt, dest: /home/u/f.txt, uid: 1000, gid: 1000}
+    - {path: f.txt, dest: /new/dir/f.txt}
+`,
+  })
+  expectOk(await build(p))
+  const rootfs = await umociUnpack(p.path('oci'), 'img', p.path('unpacked'))
+  const meta = async (d: string) => {
+    const st = await lstat(join(rootfs, d))
+    return `${st.uid}:${st.gid} ${(st.mode & 0o7777).toString(8)}`
+  }
+  expect(await meta('tmp')).toBe('0:0 1777')
+  expect(await meta('home/u')).toBe('1000:1000 700')
+  expect(await meta('new/dir')).toBe('0:0 755')
+  expect(await readFile(join(rootfs, 'home/u/f.txt'), 'utf8')).toBe('F\n')
 })
 
 describe('imports without dest', () => {

@@ -1,4 +1,4 @@
-// The hidden `stacker internal-go` commands (reference 1.2 `internal-go`; upstream's bats helpers call
+// The hidden `stacker internal-go` commands (upstream's bats helpers call
 // `internal-go copy`, its atomfs-* files `internal-go atomfs mount|umount`): image copies between OCI
 // layouts and a local registry in all four directions (manifest digests checked with skopeo and the
 // layouts' index.json), nothing left behind by a failed copy, cp/chmod/chown and their argument

@@ -1,8 +1,8 @@
 // Layer chains: whiteouts and opaque dirs across l1..l4, build_only chains and their layer counts,
 // empty diffs, stacker:// and grab from build_only layers, a 200-layer chain, overlay_dirs, broken
-// symlinks in imports and globs in run (reference 2.3, 4.5, 4.6, 4.8; upstream's bats "basic (9)",
+// symlinks in imports and globs in run (upstream's bats "basic (9)",
 // "build-only", "built-type", "dir-whiteout", "empty-layers", "whiteout", "overlay-dirs",
-// "broken-link" and "asterisk"; design.md "Deep chains").
+// "broken-link" and "asterisk"; docs/compatibility.md, deep chains).
 import { execFileSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { lstat, readFile, readdir, readlink, symlink } from 'node:fs/promises'

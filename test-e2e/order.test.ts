@@ -1,4 +1,4 @@
-// Build order (reference 2.5, 1.2 `--order-only` and `recursive-build`, 2.3 `config.prerequisites`;
+// Build order (`--order-only`, `recursive-build`, `config.prerequisites`;
 // upstream's bats "dependency-order", "prerequisites" and "build-only"): unresolvable layers, layers
 // written out of order, prerequisites (relative, nested, absolute), `--order-only` lines,
 // recursive-build's file matching, build_only layers across files, duplicate names, cycles, and a

@@ -24,7 +24,8 @@ const DEPTH = 3
 const LAYERS = BRANCHES.flatMap((b) => Array.from({ length: DEPTH }, (_, i) => `${b}${i + 1}`))
 
 /** Two independent branches a1 <- a2 <- a3 and b1 <- b2 <- b3 on the busybox base. Every run records
- *  when it starts and ends (in the host's uptime, shared by all containers) in the bound log dir,
+ *  when it starts and ends (in the host's uptime, shared by all containers) in its own bound log dir
+ *  (layers binding one host dir are coupled and keep file order),
  *  writes a few files and sleeps a second. `fail` makes that layer's run fail. */
 function stackerfile(fail?: string): string {
   let y = ''
@@ -35,7 +36,7 @@ function stackerfile(fail?: string): string {
       y += `${name}:
   from:
 ${from}  binds:
-    - \${{LOG}} -> /log
+    - \${{LOG}}/${name} -> /log
   run: |
     cut -d' ' -f1 /proc/uptime > /log/${name}.start
     mkdir -p /data/${name}
@@ -61,8 +62,8 @@ interface Interval {
 async function intervals(logDir: string): Promise<Interval[]> {
   const out: Interval[] = []
   for (const layer of LAYERS) {
-    const start = Number((await readFile(join(logDir, `${layer}.start`), 'utf8')).trim())
-    const end = Number((await readFile(join(logDir, `${layer}.end`), 'utf8')).trim())
+    const start = Number((await readFile(join(logDir, layer, `${layer}.start`), 'utf8')).trim())
+    const end = Number((await readFile(join(logDir, layer, `${layer}.end`), 'utf8')).trim())
     expect(Number.isFinite(start) && Number.isFinite(end) && end > start, `${layer}: ${start}..${end}`).toBe(true)
     out.push({ layer, start, end })
   }
@@ -97,7 +98,7 @@ describe('parallel builds', () => {
   async function buildWith(name: keyof typeof runs, jobs: string[]): Promise<void> {
     // One log dir for all: its path is in the stacker.yaml annotation, which must not differ.
     const log = p.path('log')
-    await mkdir(log)
+    for (const l of LAYERS) await mkdir(join(log, l), { recursive: true })
     const result = await stacker(
       [
         '--stacker-dir',
@@ -209,7 +210,7 @@ describe('a failing layer in a parallel build', () => {
 
   it('fails the build with the run failure; the other branch is not cut short', async () => {
     p = await tempProject({ 'stacker.yaml': stackerfile('b2') })
-    await mkdir(p.path('log'))
+    for (const l of LAYERS) await mkdir(p.path(`log/${l}`), { recursive: true })
     const r = await stacker(
       [
         'build',
@@ -230,7 +231,7 @@ describe('a failing layer in a parallel build', () => {
     )
     expect(errors[0]).toMatch(/^error: /)
     // b2 stopped at `false`, b3 never ran.
-    const logs = await readdir(p.path('log'))
+    const logs = (await Promise.all(LAYERS.map((l) => readdir(p.path(`log/${l}`))))).flat()
     expect(logs).toContain('b2.start')
     expect(logs).not.toContain('b2.end')
     expect(logs).not.toContain('b3.start')

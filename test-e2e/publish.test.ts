@@ -1,4 +1,4 @@
-// `stacker publish` (issue 5; reference 1.2 `publish`, upstream's bats "publish"): naming for docker and
+// `stacker publish` (upstream's bats "publish"): naming for docker and
 // oci destinations, several tags and layer types (`-squashfs`/`-erofs` suffixes), --show-only, --image,
 // -d/-p search, build_only layers skipped, stale layers refused unless --force, the usage errors, basic
 // auth, cross-repository blob mounts (through a logging proxy). What was pushed is read back with skopeo

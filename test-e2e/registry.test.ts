@@ -1,4 +1,4 @@
-// Bases pulled from a registry (issue 5; reference 2.3 `from`, 1.1 `--progress`): `type: docker` by tag
+// Bases pulled from a registry (`from`, `--progress`): `type: docker` by tag
 // and by digest, `type: oci` with a `docker://` URL, the manifest-digest cache (no blob fetched twice, a
 // digest-pinned base contacts nothing, a stopped registry falls back to the cached base), auth.json
 // lookup, one-line errors that leave the layouts untouched, and the progress display on and off a

@@ -161,14 +161,15 @@ const NAP = '47'
 
 // t1: a tar base of many small files (slow to unpack) and a run that naps; t2: a run that writes a big
 // file (slow to write as a layer); t3 on top; side and side2: independent layers on another OCI base
-// that nap. With --jobs 2, side2 waits for a free slot while t1 and side run.
+// that nap. With --jobs 2, side2 waits for a free slot while t1 and side run. Each layer binds a dir
+// of its own: layers binding one host dir would keep file order and never run at once.
 const VICTIM = `
 t1:
   from:
     type: tar
     url: \${{BASE_TAR}}
   binds:
-    - \${{MARKS}} -> /marks
+    - \${{MARKS}}/t1 -> /marks
   run: |
     touch /marks/t1-start-\${{ROUND}}
     sleep \${{NAP}}
@@ -179,7 +180,7 @@ t2:
     type: built
     tag: t1
   binds:
-    - \${{MARKS}} -> /marks
+    - \${{MARKS}}/t2 -> /marks
   run: |
     head -c ${BIG} /dev/urandom > /big
     touch /marks/t2-end-\${{ROUND}}
@@ -188,7 +189,7 @@ t3:
     type: built
     tag: t2
   binds:
-    - \${{MARKS}} -> /marks
+    - \${{MARKS}}/t3 -> /marks
   run: |
     touch /marks/t3-start-\${{ROUND}}
     echo three > /three
@@ -197,7 +198,7 @@ side:
     type: oci
     url: \${{UBUNTU_OCI}}
   binds:
-    - \${{MARKS}} -> /marks
+    - \${{MARKS}}/side -> /marks
   run: |
     touch /marks/side-start-\${{ROUND}}
     sleep \${{NAP}}
@@ -207,7 +208,7 @@ side2:
     type: oci
     url: \${{UBUNTU_OCI}}
   binds:
-    - \${{MARKS}} -> /marks
+    - \${{MARKS}}/side2 -> /marks
   run: |
     touch /marks/side2-start-\${{ROUND}}
     sleep \${{NAP}}
@@ -229,7 +230,7 @@ describe('a build killed at any point', () => {
 
   beforeAll(async () => {
     p = await tempProject({ 'stacker.yaml': VICTIM, 'first.yaml': FIRST })
-    await mkdir(p.path('marks'))
+    for (const l of ['t1', 't2', 't3', 'side', 'side2']) await mkdir(p.path(`marks/${l}`), { recursive: true })
     // Thousands of small files make the tar base take a while to unpack.
     const tree = p.path('tarbase')
     await mkdir(tree)
@@ -266,7 +267,8 @@ describe('a build killed at any point', () => {
       `UBUNTU_OCI=${fixtures().UBUNTU_OCI}`,
     ].flatMap((s) => ['--substitute', s])
 
-  const marker = (name: string) => existsSync(p.path(`marks/${name}`))
+  // `t1-start-3` is in marks/t1/.
+  const marker = (name: string) => existsSync(p.path(`marks/${name.slice(0, name.indexOf('-'))}/${name}`))
 
   /** Something is being written into the output layout: a layer blob in progress. */
   const blobInProgress = async () =>
@@ -505,7 +507,7 @@ describe('a reader that goes away', () => {
   let p: TempProject
   beforeAll(async () => {
     p = await tempProject({ 'stacker.yaml': CHATTY })
-    await mkdir(p.path('marks'))
+    for (const l of ['t1', 't2', 't3', 'side', 'side2']) await mkdir(p.path(`marks/${l}`), { recursive: true })
   })
   afterAll(async () => {
     if (p) await removeContainers(p.path('.stacker'))

@@ -13,7 +13,7 @@ beforeEach(async () => {
   copy = await mkdtemp(join(tmpdir(), 'graph-'))
   for (const d of [
     'apps/stacker',
-    ...['core', 'stackerfile', 'oci', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map(
+    ...['core', 'stackerfile', 'oci', 'convert', 'layers', 'overlay', 'runtime', 'registry', 'builder'].map(
       (p) => `packages/${p}`,
     ),
   ]) {
@@ -58,5 +58,20 @@ describe('scripts/check-graph.mjs', () => {
     expect(r.exitCode).toBe(1)
     expect(r.stderr).toContain('imports internals @stacker/layers/src/tar/index.js')
     expect(r.stderr).toContain('which')
+  })
+
+  it('fails on an import cycle between files of one package, not on type-only imports', async () => {
+    const dir = join(copy, 'packages/core/src')
+    await writeFile(join(dir, 'cyc-a.ts'), "import { b } from './cyc-b.js'\nexport const a = () => b\n")
+    await writeFile(join(dir, 'cyc-b.ts'), "import type { T } from './cyc-c.js'\nexport const b = 1 as T\n")
+    await writeFile(
+      join(dir, 'cyc-c.ts'),
+      "import { a } from './cyc-a.js'\nexport type T = number\nexport const c = a\n",
+    )
+    expect((await check()).exitCode).toBe(0)
+    await writeFile(join(dir, 'cyc-b.ts'), "import { c } from './cyc-c.js'\nexport const b = () => c\n")
+    const r = await check()
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr).toContain('import cycle cyc-a.ts -> cyc-b.ts -> cyc-c.ts -> cyc-a.ts')
   })
 })

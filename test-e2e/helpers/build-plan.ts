@@ -3,12 +3,13 @@
 // the build starts.
 import { resolve, sep } from 'node:path'
 import { silentLogger } from '@stacker/core'
-import { dependenciesOf, hostCouplings } from '@stacker/builder'
+import { hostCouplings } from '@stacker/builder'
 import {
   buildSubstitutions,
   findStackerfiles,
   type Layer,
   layerBuildOrder,
+  layerDependencies,
   loadStackerfiles,
   type StackerfileSet,
 } from '@stacker/stackerfile'
@@ -132,7 +133,7 @@ export function independentPair(set: StackerfileSet, cwd: string): BuildPlan['in
     const before = new Map<string, Set<string>>()
     for (const layer of order) {
       const all = new Set<string>()
-      for (const d of [...dependenciesOf(layer), ...(coupled.get(layer.name) ?? [])]) {
+      for (const d of [...layerDependencies(layer), ...(coupled.get(layer.name) ?? [])]) {
         if (!names.has(d)) continue
         all.add(d)
         for (const x of before.get(d) ?? []) all.add(x)

@@ -2,10 +2,10 @@
 // Bundles the compiled CLI (dist/main.js and the workspace packages and npm modules it imports) into
 // one CommonJS file, dist/bundle/stacker.cjs, so a command loads one file instead of several hundred:
 // module resolution and loading are most of the start-up time of an unbundled run. CommonJS because
-// bin/stacker compiles it with node:vm, which can reuse V8's code cache (ES modules cannot on Node 20).
+// the launcher (src/launcher.ts) compiles it with node:vm, which can reuse V8's code cache (ES modules cannot on Node 20).
 // execa (a third of the code, and slow to evaluate) goes into its own file, execa.cjs, that the
 // bundle requires on the first call, so a run that starts no tool through it (a no-op build) never
-// loads it. bin/stacker uses the bundle only while it is current: dist/bundle/inputs.json lists
+// loads it. The launcher (src/launcher.ts) uses the bundle only while it is current: dist/bundle/inputs.json lists
 // every workspace input file with its size and mtime, and for the npm modules the lockfile and
 // pnpm's record of the last install.
 //
@@ -109,7 +109,7 @@ const { output } = await bundle.write({
   dynamicImportInCjs: false,
 })
 await bundle.close()
-// bin/stacker runs the bundle through node:vm, where import() has no loader: none may be left.
+// The launcher runs the bundle through node:vm, where import() has no loader: none may be left.
 const code = await readFile(join(staging, 'stacker.cjs'), 'utf8')
 const dynamic = code.split('\n').filter((l) => /\bimport\(/.test(l) && !/^\s*(\*|\/\/|\/\*)/.test(l))
 if (dynamic.length > 0) throw new Error(`the bundle still has dynamic imports:\n${dynamic.join('\n')}`)

@@ -1,4 +1,4 @@
-import { availableParallelism } from 'node:os'
+import { availableParallelism, userInfo } from 'node:os'
 import { isAbsolute, relative, resolve } from 'node:path'
 import { type Command, Option } from 'commander'
 import { StackerError } from '@stacker/core'
@@ -7,6 +7,7 @@ import type { Session } from '@stacker/builder'
 import type { Renderer } from './log.js'
 import type { GlobalFlags } from './main.js'
 import { registerInternalGo } from './internal-go.js'
+import { ChildExited, runInUserNamespace, usesStorage } from './userns.js'
 import type * as Settings from './settings.js'
 
 export interface CommandContext {
@@ -15,6 +16,8 @@ export interface CommandContext {
   version: string
   /** Aborted on SIGINT/SIGTERM. */
   signal: AbortSignal
+  /** The command line after the executable, as given. */
+  argv: readonly string[]
 }
 
 const collect = (v: string, prev: string[]) => [...prev, v]
@@ -107,7 +110,63 @@ async function searchFiles(dir: string | undefined, pattern: string | undefined)
   return dir !== undefined && !isAbsolute(dir) ? files.map((f) => relative(process.cwd(), f)) : files
 }
 
+function loginName(): string | undefined {
+  try {
+    return userInfo().username
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Before a command that uses the roots dir: refuses dirs another user's runs made (root cleaning
+ * them excepted), then, for an ordinary user, runs the command in a user namespace instead of here
+ * (ChildExited carries its status). Not again inside that namespace.
+ */
+async function prepareStorageCommand(ctx: CommandContext, cmd: Command): Promise<void> {
+  if (ctx.flags.internalUserns || !usesStorage(cmd)) return
+  const euid = process.geteuid?.() ?? 0
+  // Only what these checks need: the builder loads in the namespace's process.
+  const [{ checkStorageOwner }, { resolveDirs }] = await Promise.all([
+    import('@stacker/overlay'),
+    import('./settings.js'),
+  ])
+  const dirs = resolveDirs(ctx.flags)
+  if (!(euid === 0 && cmd.name() === 'clean')) {
+    await checkStorageOwner(dirs, euid, { userName: loginName() })
+  }
+  if (euid === 0) return
+  for (const dir of [dirs.stackerDir, dirs.rootsDir, dirs.ociDir]) await requireWritable(dir)
+  throw new ChildExited(await runInUserNamespace(ctx.argv, ctx.signal))
+}
+
+/** The namespace's root is the user on the host: a dir the user cannot make or write is no more
+ *  writable there, and the way out is unpriv-setup. */
+async function requireWritable(dir: string): Promise<void> {
+  const { access, constants } = await import('node:fs/promises')
+  const { dirname } = await import('node:path')
+  let at = dir
+  for (;;) {
+    try {
+      await access(at, constants.W_OK | constants.X_OK)
+      return
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      if (code === 'ENOENT' && dirname(at) !== at) {
+        at = dirname(at)
+        continue
+      }
+      const user = loginName() ?? `uid ${process.geteuid?.()}`
+      throw new StackerError(
+        'USAGE',
+        `${at} is not writable by ${user}, so ${dir} cannot be used: as root, run \`stacker unpriv-setup --username ${user}\` there (or choose dirs ${user} owns)`,
+      )
+    }
+  }
+}
+
 export function registerCommands(program: Command, ctx: () => CommandContext): void {
+  program.hook('preAction', (_program, cmd) => prepareStorageCommand(ctx(), cmd))
   program.hook('preAction', loadModules)
   addBuildFlags(
     program
@@ -242,25 +301,36 @@ export function registerCommands(program: Command, ctx: () => CommandContext): v
 
   program
     .command('convert')
-    .description('converts a Dockerfile into a stackerfile (not implemented)')
-    .option('-i, --docker-file <file>', 'the Dockerfile', 'Dockerfile')
+    .description('converts a Dockerfile into a stackerfile and its substitutions file')
+    .option('-i, --docker-file <file>', 'the Dockerfile (its directory is the build context)', 'Dockerfile')
     .option('-o, --output-file <file>', 'the stackerfile to write', 'stacker.yaml')
     .option('-s, --substitute-file <file>', 'the substitutions file to write', 'stacker-subs.yaml')
-    .action(() => {
-      throw new StackerError('NOT_IMPLEMENTED', 'convert is not implemented yet')
+    .action(async (f: { dockerFile: string; outputFile: string; substituteFile: string }) => {
+      const { convertFiles } = await import('@stacker/convert')
+      await convertFiles({
+        dockerFile: f.dockerFile,
+        outputFile: f.outputFile,
+        substituteFile: f.substituteFile,
+        logger: ctx().renderer.logger,
+      })
     })
 
   program
     .command('unpriv-setup')
-    .description('sets up a user for unprivileged builds (not implemented: run stacker as root)')
-    .option('--uid <uid>')
-    .option('--gid <gid>')
-    .option('--username <name>')
-    .action(() => {
-      throw new StackerError(
-        'NOT_IMPLEMENTED',
-        'unpriv-setup is not implemented: unprivileged builds are not supported yet',
-      )
+    .description('lets a user build without root: subordinate ids and the stacker, roots and oci dirs (run as root)')
+    .option('--uid <uid>', 'the user id (default $SUDO_UID, or that of --username)')
+    .option('--gid <gid>', 'the group id (default $SUDO_GID, or that of --username)')
+    .option('--username <name>', 'the user name (default $SUDO_USER, or that of --uid)')
+    .action(async (f: { uid?: string; gid?: string; username?: string }) => {
+      const c = ctx()
+      await B.unprivSetup({
+        uid: f.uid,
+        gid: f.gid,
+        username: f.username,
+        env: process.env,
+        dirs: S.resolveDirs(c.flags),
+        logger: c.renderer.logger,
+      })
     })
 
   registerInternalGo(program, ctx, session)

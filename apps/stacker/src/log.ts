@@ -1,5 +1,12 @@
 import { createWriteStream, type WriteStream } from 'node:fs'
-import { createLogger, type LogLevel, type LogRecord, type Logger, type ProgressEvent } from '@stacker/core'
+import {
+  createLogger,
+  type LogLevel,
+  type LogRecord,
+  type Logger,
+  type ProgressEvent,
+  formatBytes,
+} from '@stacker/core'
 
 const RANK: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 }
 
@@ -70,7 +77,8 @@ export class Renderer {
     if (e.done) this.#transfers.delete(e.id)
     const verb = progressVerb(e)
     if (!this.#opts.progress) {
-      if (e.done) this.#write(record('debug', `${verb} ${e.label} done ${humanBytes(e.current)}`))
+      // Not in containers/image's words: scripts take `Copying blob` as a sign that progress is on.
+      if (e.done) this.#write(record('debug', `${e.kind} ${e.label} done ${formatBytes(e.current)}`))
       return
     }
     if (!this.#live) {
@@ -144,20 +152,20 @@ function rate(t: Transfer): number | undefined {
 
 function summary(t: Transfer): string {
   const r = rate(t)
-  return r === undefined ? humanBytes(t.event.current) : `${humanBytes(t.event.current)} ${humanBytes(r)}/s`
+  return r === undefined ? formatBytes(t.event.current) : `${formatBytes(t.event.current)} ${formatBytes(r)}/s`
 }
 
 function liveLine(t: Transfer): string {
   const e = t.event
   const r = rate(t)
-  const speed = r === undefined ? '' : `  ${humanBytes(r)}/s`
-  if (!e.total) return `${progressVerb(e)} ${e.label}  ${humanBytes(e.current)}${speed}`
+  const speed = r === undefined ? '' : `  ${formatBytes(r)}/s`
+  if (!e.total) return `${progressVerb(e)} ${e.label}  ${formatBytes(e.current)}${speed}`
   const frac = Math.min(1, e.current / e.total)
   const barWidth = 20
   const filled = Math.round(frac * barWidth)
   const bar = `[${'='.repeat(filled)}${' '.repeat(barWidth - filled)}]`
   // The bar goes last: on a narrow terminal it is what gets cut, not the numbers.
-  return `${progressVerb(e)} ${e.label}  ${humanBytes(e.current)} / ${humanBytes(e.total)}${speed}  ${bar}`
+  return `${progressVerb(e)} ${e.label}  ${formatBytes(e.current)} / ${formatBytes(e.total)}${speed}  ${bar}`
 }
 
 function progressVerb(e: ProgressEvent): string {
@@ -173,15 +181,4 @@ function progressVerb(e: ProgressEvent): string {
     case 'extract':
       return 'Extracting'
   }
-}
-
-export function humanBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
-  let i = 0
-  let v = n
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024
-    i++
-  }
-  return i === 0 ? `${v} ${units[i]}` : `${v.toFixed(1)} ${units[i]}`
 }

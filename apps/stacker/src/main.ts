@@ -4,6 +4,7 @@ import { Command, CommanderError, Option } from 'commander'
 import { runCleanups, StackerError, toStackerError } from '@stacker/core'
 import { Renderer } from './log.js'
 import { registerCommands } from './commands.js'
+import { ChildExited, delegate } from './userns.js'
 
 // Compiled, this file is dist/main.js; the package file is looked up one and two levels up.
 export const VERSION: string = (() => {
@@ -39,10 +40,10 @@ export interface GlobalFlags {
 const INTERRUPT_GRACE_MS = 5000
 
 /** Exit statuses of a process ended by these signals, as a shell reports them. */
-const SIGNAL_CODES: Partial<Record<NodeJS.Signals, number>> = { SIGINT: 130, SIGPIPE: 141, SIGTERM: 143 }
+const SIGNAL_CODES: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 129, SIGINT: 130, SIGPIPE: 141, SIGTERM: 143 }
 
 export function buildProgram(
-  state: { renderer?: Renderer },
+  state: { renderer?: Renderer; argv?: readonly string[] },
   signal: AbortSignal = new AbortController().signal,
 ): Command {
   const program = new Command('stacker')
@@ -89,13 +90,19 @@ export function buildProgram(
   })
   registerCommands(program, () => {
     if (!state.renderer) throw new StackerError('INTERNAL', 'logger not initialised')
-    return { renderer: state.renderer, flags: program.opts<GlobalFlags>(), version: VERSION, signal }
+    return {
+      renderer: state.renderer,
+      flags: program.opts<GlobalFlags>(),
+      version: VERSION,
+      signal,
+      argv: state.argv ?? process.argv.slice(2),
+    }
   })
   return program
 }
 
 export async function main(argv: string[]): Promise<void> {
-  const state: { renderer?: Renderer } = {}
+  const state: { renderer?: Renderer; argv?: readonly string[] } = { argv }
   const debug = argv.includes('--debug')
   let interrupted = false
   let interruptCode = 0
@@ -105,6 +112,11 @@ export async function main(argv: string[]): Promise<void> {
     settle = res
   })
   const onSignal = (sig: NodeJS.Signals) => {
+    // The command runs in a user namespace's process, which unwinds itself and reports.
+    if (delegate.child) {
+      if (sig !== 'SIGPIPE') delegate.child.kill(sig)
+      return
+    }
     if (interrupted) return
     interrupted = true
     interruptCode = SIGNAL_CODES[sig] ?? 1
@@ -122,6 +134,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
+  process.on('SIGHUP', onSignal)
   // node ignores SIGPIPE: a reader that goes away (`stacker build 2>&1 | head`) shows up as an EPIPE
   // error on the stream, which would otherwise end the process at once with its mounts and containers
   // still held. It stops the build the way an interrupt does; nothing more can be said on that stream.
@@ -140,7 +153,8 @@ export async function main(argv: string[]): Promise<void> {
     }
   } catch (e) {
     // After an interrupt the failure is a consequence of it; the interrupt is what gets reported.
-    code = interrupted ? interruptCode : reportError(e, debug)
+    if (e instanceof ChildExited) code = e.code
+    else code = interrupted ? interruptCode : reportError(e, debug)
   } finally {
     await runCleanups()
     if (!interrupted) await state.renderer?.close()

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 const APP = resolve(import.meta.dirname, '..')
 
-/** A copy of the app (bin/stacker, package.json, dist/main.js by link) with its own bundle. */
+/** A copy of the app (bin/stacker, package.json, dist/launcher.js, dist/main.js by link) with its own bundle. */
 let app: string
 let bundle: string
 
@@ -24,6 +24,8 @@ beforeAll(async () => {
   await copyFile(join(APP, 'bin', 'stacker'), join(app, 'bin', 'stacker'))
   await copyFile(join(APP, 'package.json'), join(app, 'package.json'))
   await mkdir(join(app, 'dist'), { recursive: true })
+  // A copy, not a link: the launcher finds the app from its own (real) location.
+  await copyFile(join(APP, 'dist', 'launcher.js'), join(app, 'dist', 'launcher.js'))
   await symlink(join(APP, 'dist', 'main.js'), join(app, 'dist', 'main.js'))
   await execa(process.execPath, [join(APP, 'scripts', 'bundle.mjs'), bundle])
 }, 120_000)

@@ -1,4 +1,4 @@
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { execa } from 'execa'
@@ -74,12 +74,37 @@ describe('stacker CLI', () => {
     )
   })
 
-  it('says plainly that convert and unpriv-setup are not implemented', async () => {
-    for (const c of ['convert', 'unpriv-setup']) {
-      const r = await stacker([c])
-      expect(r.exitCode).toBe(1)
-      expect(r.stderr).toMatch(/^error: .*not implemented/)
-    }
+  it('unpriv-setup names what it lacks, in one line, and changes nothing', async () => {
+    const r = await stacker(['unpriv-setup', '--username', 'no-such-user-here'], { cwd: dir })
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr.trim()).toBe(
+      process.getuid?.() === 0
+        ? 'error: please specify --uid or run unpriv-setup with sudo (no user no-such-user-here in the passwd database)'
+        : 'error: unpriv-setup must be run as root: it edits /etc/subuid and /etc/subgid',
+    )
+    expect(await readdir(dir)).not.toContain('.stacker')
+  })
+
+  it('convert: upstream flags, the Dockerfile line on an error, a clean error without a Dockerfile', async () => {
+    const p = join(dir, 'convert')
+    await mkdir(p, { recursive: true })
+    await writeFile(join(p, 'Dockerfile'), 'FROM busybox\nEXPOSE 80\nENTRYPOINT ["/bin/sh"]\n')
+    const r = await stacker(['convert'], { cwd: p })
+    expect(r.exitCode, r.stderr).toBe(0)
+    expect(r.stderr).toContain('Dockerfile:2: EXPOSE 80 is not converted')
+    expect(await readFile(join(p, 'stacker.yaml'), 'utf8')).toContain('url: docker://busybox')
+    expect(await readFile(join(p, 'stacker-subs.yaml'), 'utf8')).toContain('IMAGE: app')
+    const o = await stacker(['convert', '-i', 'Dockerfile', '-o', 'out.yaml', '-s', 'subs.yaml'], { cwd: p })
+    expect(o.exitCode, o.stderr).toBe(0)
+    expect(await readFile(join(p, 'out.yaml'), 'utf8')).toContain('entrypoint:')
+    await writeFile(join(p, 'Dockerfile'), 'FROM busybox\nRUN echo "open\nCOPY a\n')
+    const e = await stacker(['convert', '--docker-file', 'Dockerfile', '--output-file', 'x.yaml'], { cwd: p })
+    expect(e.exitCode).toBe(1)
+    expect(e.stderr).toBe('error: Dockerfile:3: COPY requires at least two arguments')
+    const m = await stacker(['convert', '--docker-file', 'nope'], { cwd: p })
+    expect(m.exitCode).toBe(1)
+    expect(m.stderr.trim().split('\n')).toHaveLength(1)
+    expect(m.stderr).toMatch(/^error: couldn't read Dockerfile nope: /)
   })
 
   it('a stacker.yaml error is one line with file:line:col, and a stack trace only with --debug', async () => {

@@ -60,6 +60,7 @@ async function makeApp(name: string, bundled: boolean): Promise<string> {
   await copyFile(join(APP, 'bin', 'stacker'), join(app, 'bin', 'stacker'))
   await chmod(join(app, 'bin', 'stacker'), 0o755)
   await copyFile(join(APP, 'package.json'), join(app, 'package.json'))
+  await copyFile(join(APP, 'dist', 'launcher.js'), join(app, 'dist', 'launcher.js'))
   if (bundled) {
     await writeFile(join(app, 'dist', 'bundle', 'stacker.cjs'), `${PROBE}\nexports.main = probe\n`)
     const st = await stat(join(app, 'package.json'))

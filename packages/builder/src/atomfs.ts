@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { basename, dirname, join, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { execa } from 'execa'
-import { type Digest, digestHex, type Logger, StackerError } from '@stacker/core'
+import { type Digest, digestHex, type Logger, StackerError, pathExists } from '@stacker/core'
 import { fsImageKindOf, verifyVerity } from '@stacker/layers'
 import { Annotations, type Descriptor, OciLayout } from '@stacker/oci'
 import { acquireLock, type Lock } from '@stacker/overlay'
@@ -139,7 +139,7 @@ export async function atomfsUmount(o: AtomfsUmountOptions): Promise<void> {
     } else {
       meta = resolve(o.metadataDir ?? METADATA_DIR)
       const molecule = join(meta, 'molecules', moleculeId(mp))
-      if (!(await exists(molecule))) {
+      if (!(await pathExists(molecule))) {
         o.logger.info(`${mp} is not mounted`)
         return
       }
@@ -271,15 +271,6 @@ async function list(dir: string): Promise<string[]> {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return []
     throw e
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p)
-    return true
-  } catch {
-    return false
   }
 }
 

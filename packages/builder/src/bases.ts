@@ -1,15 +1,14 @@
 import { createHash } from 'node:crypto'
 import { mkdir, rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { StackerError, pathExists } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { fsImageContentId, openChainContents, registerFsImage } from './fs-contents.js'
+import { contentIdForBlob, registerFsImage } from './fs-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
-import type { Layer } from '@stacker/stackerfile'
-import { builtIdentity, type BuildContext, type BuiltLayer } from './context.js'
+import { parseSource, type Layer } from '@stacker/stackerfile'
+import { builtIdentity, openChain, type BuildContext, type BuiltLayer } from './context.js'
 import { hashFile } from './hashing.js'
 import { copyImport, type ResolvedImport } from './imports.js'
-import { exists, schemeOf } from './util.js'
 
 /** An image from a registry or an OCI layout that a chain of layers starts from. */
 export interface BaseImage {
@@ -32,11 +31,6 @@ export interface ResolvedBase {
   tarball?: string
 }
 
-export function contentIdForBlob(d: Descriptor): string {
-  if (layerKind(d.mediaType) !== 'tar') return fsImageContentId(d)
-  return `sha256_${d.digest.slice(d.digest.indexOf(':') + 1)}`
-}
-
 export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<ResolvedBase> {
   const from = layer.from
   if (!from) throw new StackerError('STACKERFILE', 'invalid layer: no base (from directive)', { pos: layer.pos })
@@ -49,6 +43,7 @@ export async function resolveBase(ctx: BuildContext, layer: Layer): Promise<Reso
       if (!parent)
         throw new StackerError('DEPENDENCY', `couldn't find a cache of base layer for ${layer.name}: ${tag}`, {
           pos: from.pos,
+          detail: { missing: [tag] },
         })
       return { key: `built:${builtIdentity(parent)}`, chain: [...parent.entry.chain], parent }
     }
@@ -143,20 +138,22 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
       await ctx.store.setBlobView(d.digest, image.contents[i] as string)
     }),
   )
-  await openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, image.contents)
+  await openChain(ctx, image.contents)
 }
 
 /** Fetches a `tar` base into `<stacker-dir>/layer-bases/tar/`: a local path (relative to the cwd), an
  *  http(s) URL, or `stacker://<layer>/<path>`. */
 async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   const url = layer.from?.url ?? ''
-  const scheme = schemeOf(url)
-  if (scheme === undefined) {
+  const src = layer.from?.source ?? parseSource(url)
+  if (src.kind === 'local') {
     const p = resolve(url)
-    if (!(await exists(p)))
+    if (!(await pathExists(p)))
       throw new StackerError('NOT_FOUND', `couldn't find tar base ${url}`, { pos: layer.from?.pos })
     return p
   }
+  if (src.kind === 'unsupported')
+    throw new StackerError('STACKERFILE', `unsupported url scheme ${src.scheme}`, { pos: layer.from?.pos })
   const dir = join(
     ctx.s.dirs.stackerDir,
     'layer-bases',
@@ -165,24 +162,19 @@ async function acquireTar(ctx: BuildContext, layer: Layer): Promise<string> {
   )
   const file = join(dir, basename(url) || 'base.tar')
   await mkdir(dir, { recursive: true })
-  if (scheme === 'stacker') {
-    const rest = url.slice('stacker://'.length)
-    const slash = rest.indexOf('/')
+  if (src.kind === 'stacker') {
     const imp: ResolvedImport = {
-      spec: { path: url, pos: layer.from?.pos ?? layer.pos },
+      spec: { path: url, source: src, pos: layer.from?.pos ?? layer.pos },
       part: { path: url, kind: 'stacker', digest: '' },
-      stacker: { layer: rest.slice(0, slash), path: rest.slice(slash) },
+      stacker: { layer: src.layer, path: src.path },
     }
     await rm(file, { force: true })
     await copyImport(ctx, imp, file, false)
     return file
   }
-  if (scheme === 'http' || scheme === 'https') {
-    const { resolveImports } = await import('./imports.js')
-    const fake: Layer = { ...layer, imports: [{ path: url, pos: layer.from?.pos ?? layer.pos }] }
-    const [r] = await resolveImports(ctx, fake)
-    if (!r?.local) throw new StackerError('IMPORT', `couldn't download ${url}`)
-    return r.local
-  }
-  throw new StackerError('STACKERFILE', `unsupported url scheme ${scheme}`, { pos: layer.from?.pos })
+  const { resolveImports } = await import('./imports.js')
+  const fake: Layer = { ...layer, imports: [{ path: url, source: src, pos: layer.from?.pos ?? layer.pos }] }
+  const [r] = await resolveImports(ctx, fake)
+  if (!r?.local) throw new StackerError('IMPORT', `couldn't download ${url}`)
+  return r.local
 }

@@ -1,12 +1,22 @@
 import { createReadStream } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
-import { digestHex, memoryLogger, sha256Digest, StackerError, type Logger } from '@stacker/core'
+import {
+  digestHex,
+  memoryLogger,
+  sha256Digest,
+  StackerError,
+  type Logger,
+  KeyedMutex,
+  Semaphore,
+  SingleFlight,
+} from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { OciLayout, type Descriptor } from '@stacker/oci'
+import type { Descriptor } from '@stacker/oci'
 import {
   buildSubstitutions,
   layerBuildOrder,
+  layerDependencies,
   layerDefinition,
   loadStackerfiles,
   orderLines,
@@ -28,13 +38,13 @@ import {
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
 import { ensureOutput } from './image.js'
-import { destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
+import { baseDirMeta, type DirMeta, destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
 import { resolveInRoot, withChainView } from './rootfs-path.js'
 import { generateLabels, runScript } from './run.js'
-import { closeChainContents } from './fs-contents.js'
+import { OpenedImages } from './fs-contents.js'
 import { commitLayerContent } from './content.js'
 import { hostCouplings } from './coupling.js'
-import { openStorage, type OpenStorage } from './storage.js'
+import { openOutputLayout, openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
 import { copyTree } from './util.js'
@@ -66,7 +76,7 @@ export async function build(s: Session, o: BuildOptions): Promise<void> {
       await ctx.tags.finish()
     } finally {
       await ctx.hashes.save()
-      await closeChainContents()
+      await ctx.images.closeAll()
     }
   } finally {
     await storage.lock.release()
@@ -88,7 +98,7 @@ export async function createContext(
   set: StackerfileSet,
   o: BuildOptions,
 ): Promise<BuildContext> {
-  const layout = await OciLayout.open(s.dirs.ociDir, { create: true, logger: s.logger })
+  const layout = await openOutputLayout(s, { create: true })
   return {
     s,
     logger: s.logger,
@@ -108,6 +118,9 @@ export async function createContext(
     built: new Map(),
     runtimeDir: storage.runtimeDir,
     tags: new TagWriter(layout),
+    images: new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }),
+    flights: { projections: new SingleFlight(), outputs: new SingleFlight(), basePulls: new KeyedMutex() },
+    gitVersions: new Map(),
   }
 }
 
@@ -140,17 +153,19 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const slots = new Semaphore(ctx.opts.jobs)
   const coupled = hostCouplings(order)
   let unfinished = order.length
+  const serial = ctx.opts.jobs <= 1 || order.length <= 1
   const results = order.map((layer, i) => {
     const p = (async () => {
-      for (const dep of [...dependenciesOf(layer), ...(coupled.get(layer.name) ?? [])]) {
+      for (const dep of [...layerDependencies(layer), ...(coupled.get(layer.name) ?? [])]) {
         const d = done.get(dep)
         if (d) await d
       }
       await slots.acquire()
       try {
         ctx.s.signal?.throwIfAborted()
-        const log = ctx.opts.jobs > 1 ? ctx.logger.child(layer.name) : ctx.logger
-        const r = await buildLayer({ ...ctx, logger: log }, layer)
+        // Lines are prefixed with their layer's name only where layers can interleave.
+        const log = serial ? ctx.logger : ctx.logger.child(layer.name)
+        const r = await buildLayer(serial ? { ...ctx, opts: { ...ctx.opts, jobs: 1 } } : { ...ctx, logger: log }, layer)
         tagged[i] = { layer, tags: r.tags }
         await flushTags()
         // The layout is collected once every layer is tagged, before the last layer's closing
@@ -169,40 +184,6 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
   if (failed) throw failed.reason
   if (order.length === 0) await ctx.layout.gc()
-}
-
-class Semaphore {
-  #free: number
-  #waiters: Array<() => void> = []
-  constructor(n: number) {
-    this.#free = n
-  }
-  async acquire(): Promise<void> {
-    if (this.#free > 0) {
-      this.#free--
-      return
-    }
-    await new Promise<void>((resolve) => this.#waiters.push(resolve))
-  }
-  release(): void {
-    const w = this.#waiters.shift()
-    if (w) w()
-    else this.#free++
-  }
-}
-
-/** Names of the layers `layer` needs built first: its `built` parent, stacker:// imports and tar base. */
-export function dependenciesOf(layer: Layer): string[] {
-  const out: string[] = []
-  const fromStacker = (url: string) => {
-    const rest = url.slice('stacker://'.length)
-    const i = rest.indexOf('/')
-    out.push(i < 0 ? rest : rest.slice(0, i))
-  }
-  if (layer.from?.type === 'built' && layer.from.tag) out.push(layer.from.tag)
-  if (layer.from?.type === 'tar' && layer.from.url?.startsWith('stacker://')) fromStacker(layer.from.url)
-  for (const i of layer.imports) if (i.path.startsWith('stacker://')) fromStacker(i.path)
-  return out
 }
 
 async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {
@@ -278,7 +259,7 @@ function originOf(base: ResolvedBase): Origin {
   return { kind: 'empty' }
 }
 
-/** Everything a layer's cache key needs, worked out before anything runs (design.md principle 3). */
+/** Everything a layer's cache key needs, worked out before anything runs (docs/architecture.md, "The cache"). */
 export async function planLayer(ctx: BuildContext, layer: Layer) {
   const imports = await resolveImports(ctx, layer)
   const base = await resolveBase(ctx, layer)
@@ -337,15 +318,24 @@ async function buildLayer(
   const destImports = imports.filter((i) => i.spec.dest !== undefined)
   // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
   // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
-  const resolveDest =
+  // The directories an import lands in keep the owner and mode they have in the base: the import's
+  // layer holds them too, and would otherwise reset them (a /tmp without its sticky bit, a WORKDIR
+  // made for a user taken back by root).
+  const view =
     overlayDirs.length + destImports.length > 0 && chain.length > 0
       ? await withChainView(ctx, chain, async (root) => {
           const seen = new Map<string, string>()
+          const dirs = new Map<string, DirMeta[]>()
           for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
             seen.set(d, resolveInRoot(root, d))
-          return (d: string) => seen.get(d) ?? d
+          for (const imp of destImports) {
+            const d = seen.get(destDirOf(imp)) ?? destDirOf(imp)
+            dirs.set(d, await baseDirMeta(root, d))
+          }
+          return { resolveDest: (d: string) => seen.get(d) ?? d, dirMeta: (d: string) => dirs.get(d) ?? [] }
         })
-      : (d: string) => d
+      : { resolveDest: (d: string) => d, dirMeta: (): DirMeta[] => [] }
+  const resolveDest = view.resolveDest
   for (const od of overlayDirs) {
     const dest = resolveDest(od.dest)
     if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
@@ -357,7 +347,8 @@ async function buildLayer(
     chainNotes.push(overlayNote)
   }
   for (const imp of destImports) {
-    chain.push(await destImportContent(ctx, imp, resolveDest(destDirOf(imp))))
+    const dir = resolveDest(destDirOf(imp))
+    chain.push(await destImportContent(ctx, imp, dir, view.dirMeta(dir)))
     chainNotes.push(overlayNote)
   }
   if (base.tarball) {

@@ -1,18 +1,19 @@
-import { rm, stat } from 'node:fs/promises'
+import { rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { execa } from 'execa'
-import { StackerError } from '@stacker/core'
-import { OciLayout, type ImageConfig, type Manifest } from '@stacker/oci'
+import { StackerError, pathExists, formatBytes } from '@stacker/core'
+import type { ImageConfig, Manifest } from '@stacker/oci'
 import { checkOverlay, initStorage, acquireStorageLocks, listMounts } from '@stacker/overlay'
 import { runContainer } from '@stacker/runtime'
 import { buildSubstitutions, loadStackerfile, type Layer } from '@stacker/stackerfile'
 import { BuildCache } from './cache.js'
-import { closeChainContents, openChainContents } from './fs-contents.js'
+import { OpenedImages } from './fs-contents.js'
 import { bindMounts, layerEnv } from './run.js'
-import { openStorage } from './storage.js'
+import { openOutputLayout, openStorage } from './storage.js'
 import type { BuildContext } from './context.js'
 import type { Session } from './types.js'
-import { copyTree, exists, lastLine } from './util.js'
+import { type Requirement, rootsDirRequirement, unprivilegedRequirements } from './unpriv.js'
+import { copyTree, lastLine } from './util.js'
 
 async function loadForLayer(s: Session, stackerFile: string, substitute: string[]) {
   const substitutions = await buildSubstitutions({ substitute, dirs: s.dirs })
@@ -26,7 +27,7 @@ export async function chroot(
 ): Promise<number> {
   let layer: Layer | undefined
   let tag = o.tag
-  if (await exists(o.stackerFile)) {
+  if (await pathExists(o.stackerFile)) {
     const file = await loadForLayer(s, o.stackerFile, o.substitute)
     tag ??= file.fileOrder[0]
     if (tag === undefined) throw new StackerError('USAGE', `no layers in ${o.stackerFile}`)
@@ -38,11 +39,12 @@ export async function chroot(
     s.logger.info(`couldn't find stacker file, chrooting to ${tag} as best effort`)
   }
   const storage = await openStorage(s)
+  const images = new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger })
   try {
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
     s.logger.info('This chroot is temporary, any changes will be destroyed when it exits.')
-    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
+    await images.open(rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const env = layer
@@ -63,7 +65,7 @@ export async function chroot(
       await snap.release()
     }
   } finally {
-    await closeChainContents()
+    await images.closeAll()
     await storage.lock.release()
   }
 }
@@ -78,41 +80,33 @@ export async function grab(
   const tag = o.spec.slice(0, i)
   const path = o.spec.slice(i + 1)
   const storage = await openStorage(s)
+  const images = new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger })
   try {
     const rec = await storage.store.readLayer(tag)
     if (!rec) throw new StackerError('NOT_FOUND', `layer ${tag} has not been built`)
-    await openChainContents({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }, rec.chain)
+    await images.open(rec.chain)
     const snap = await storage.store.snapshot(rec.chain)
     try {
       const src = join(snap.target, resolve('/', path))
-      if (!(await exists(src)))
+      if (!(await pathExists(src)))
         throw new StackerError('NOT_FOUND', `couldn't grab ${path} from ${tag}: no such file or directory`)
       const target = join(o.dest, basename(resolve('/', path)))
       await rm(target, { recursive: true, force: true })
-      await copyTree(src, target)
+      // Owned by whoever grabs it, as upstream's copy inside the container makes it: files of
+      // subordinate ids would be of no use to an unprivileged user.
+      await copyTree(src, target, { ownership: false })
     } finally {
       await snap.release()
     }
   } finally {
-    await closeChainContents()
+    await images.closeAll()
     await storage.lock.release()
   }
 }
 
-function humanSize(n: number): string {
-  const units = ['B', 'kB', 'MB', 'GB', 'TB']
-  let i = 0
-  let v = n
-  while (v >= 1000 && i < units.length - 1) {
-    v /= 1000
-    i++
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`
-}
-
 /** `stacker inspect [tag]`: upstream's text, one block per tag in index order. */
 export async function inspect(s: Session, tag?: string): Promise<string> {
-  const layout = await OciLayout.open(s.dirs.ociDir, { create: false })
+  const layout = await openOutputLayout(s, { create: false })
   const tags = (await layout.listTags()).filter((t) => tag === undefined || t.name === tag)
   if (tag !== undefined && tags.length === 0) throw new StackerError('NOT_FOUND', `no image ${tag} in ${s.dirs.ociDir}`)
   let out = ''
@@ -120,7 +114,7 @@ export async function inspect(s: Session, tag?: string): Promise<string> {
     const manifest = await layout.readJson<Manifest>(t.descriptor.digest)
     out += `${t.name}\n`
     manifest.layers.forEach((l, i) => {
-      out += `\tlayer ${i}: ${l.digest.slice(l.digest.indexOf(':') + 1, l.digest.indexOf(':') + 13)}... (${humanSize(l.size)}, ${l.mediaType})\n`
+      out += `\tlayer ${i}: ${l.digest.slice(l.digest.indexOf(':') + 1, l.digest.indexOf(':') + 13)}... (${formatBytes(l.size, { decimal: true })}, ${l.mediaType})\n`
     })
     if (manifest.annotations && Object.keys(manifest.annotations).length) {
       out += 'Annotations:\n'
@@ -140,7 +134,7 @@ export async function inspect(s: Session, tag?: string): Promise<string> {
 export async function clean(s: Session): Promise<void> {
   const { rootsDir, ociDir, stackerDir, rootsDirArg } = s.dirs
   try {
-    if (await exists(rootsDir)) {
+    if (await pathExists(rootsDir)) {
       await initStorage({ stackerDir, rootsDir, rootsDirArg })
       const lock = await acquireStorageLocks(stackerDir, rootsDir)
       try {
@@ -173,7 +167,10 @@ async function which(cmd: string): Promise<boolean> {
   return r.exitCode === 0
 }
 
-/** `stacker check`: the kernel, the roots dir's filesystem, overlay support and the tools stacker runs. */
+/** `stacker check`: the kernel, the roots dir (its filesystem, no symlinks, not NFS), overlay
+ *  support and the tools stacker runs; run by an ordinary user, what unprivileged builds need
+ *  instead of overlay as root (see unprivilegedRequirements). One line per requirement; fails
+ *  with the unmet ones. */
 export async function check(s: Session): Promise<void> {
   const { logger } = s
   const uname = await execa('uname', ['-sr'], { reject: false })
@@ -182,16 +179,30 @@ export async function check(s: Session): Promise<void> {
   await initStorage({ stackerDir, rootsDir, rootsDirArg })
   const fs = await execa('stat', ['-f', '-c', '%T(0x%t)', rootsDir], { reject: false })
   logger.info(`${rootsDir} ${fs.stdout.trim().toUpperCase().replace('0X', '0x')}`)
-  const problems: string[] = []
-  try {
-    await checkOverlay(rootsDir)
-    logger.info('overlay: ok')
-  } catch (e) {
-    problems.push((e as Error).message)
-  }
+  const requirements: Requirement[] = [await rootsDirRequirement(rootsDir)]
+  if ((process.geteuid?.() ?? 0) === 0) {
+    try {
+      await checkOverlay(rootsDir)
+      requirements.push({ what: 'overlay' })
+    } catch (e) {
+      requirements.push({ what: 'overlay', problem: (e as Error).message })
+    }
+  } else requirements.push(...(await unprivilegedRequirements(rootsDir)))
   for (const [cmd, pkg, why] of TOOLS) {
-    if (await which(cmd)) logger.info(`${cmd}: ok`)
-    else problems.push(`${cmd} not found (${why}; install the Debian package ${pkg})`)
+    requirements.push(
+      (await which(cmd))
+        ? { what: cmd }
+        : { what: cmd, problem: `${cmd} not found (${why}; install the Debian package ${pkg})` },
+    )
+  }
+  const problems: string[] = []
+  for (const r of requirements) {
+    if (r.problem === undefined) logger.info(`${r.what}: ok${r.detail ? ` (${r.detail})` : ''}`)
+    else if (r.optional) logger.warn(`${r.what}: ${r.problem}`)
+    else {
+      logger.info(`${r.what}: ${r.problem}`)
+      problems.push(r.problem)
+    }
   }
   if (problems.length) throw new StackerError('TOOL_MISSING', problems.join('; '))
 }
@@ -212,8 +223,8 @@ export async function internalCheckOverlay(s: Session): Promise<number> {
 export async function gc(s: Session): Promise<void> {
   const storage = await openStorage(s)
   try {
-    if (await exists(join(s.dirs.ociDir, 'index.json'))) {
-      const layout = await OciLayout.open(s.dirs.ociDir, { create: false })
+    if (await pathExists(join(s.dirs.ociDir, 'index.json'))) {
+      const layout = await openOutputLayout(s, { create: false })
       const { removed } = await layout.gc()
       s.logger.info(`removed ${removed.length} unreferenced blobs`)
     }
@@ -226,15 +237,6 @@ export async function gc(s: Session): Promise<void> {
     s.logger.info(`removed ${gone.length} unused layer contents`)
   } finally {
     await storage.lock.release()
-  }
-}
-
-export async function fileExists(p: string): Promise<boolean> {
-  try {
-    await stat(p)
-    return true
-  } catch {
-    return false
   }
 }
 

@@ -1,5 +1,7 @@
-import { canonicalJson, digestHex, sha256Digest, type Logger } from '@stacker/core'
-import { openChainContents } from './fs-contents.js'
+import { canonicalJson, digestHex, type KeyedMutex, sha256Digest, type SingleFlight, type Logger } from '@stacker/core'
+import type { Descriptor } from '@stacker/oci'
+import type { Projection } from './projections.js'
+import type { OpenedImages } from './fs-contents.js'
 import type { OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import type { Layer, StackerfileSet } from '@stacker/stackerfile'
@@ -46,11 +48,22 @@ export interface BuildContext {
   runtimeDir: string
   /** Sets the build's tags in build order (see TagWriter). */
   tags: TagWriter
+  /** squashfs/erofs base contents this build opened; closed when it ends. */
+  images: OpenedImages
+  /** Work shared by layers building at once: one projection per content dir and output, one
+   *  output manifest per layer and type, one pull per base cache dir at a time. */
+  flights: {
+    projections: SingleFlight<string, Projection | undefined>
+    outputs: SingleFlight<string, Descriptor>
+    basePulls: KeyedMutex<string>
+  }
+  /** `git describe` results by directory. */
+  gitVersions: Map<string, string | undefined>
 }
 
 /** Opens the squashfs/erofs base contents of a chain before it is mounted or read. */
 export function openChain(ctx: BuildContext, chain: readonly string[]): Promise<void> {
-  return openChainContents({ stackerDir: ctx.s.dirs.stackerDir, store: ctx.store, logger: ctx.logger }, chain)
+  return ctx.images.open(chain, ctx.logger)
 }
 
 /** What a layer built on `parent` depends on: the parent's inputs (its image config is inherited)

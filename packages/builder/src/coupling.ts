@@ -1,7 +1,6 @@
 import { realpathSync } from 'node:fs'
 import { dirname, basename, join, resolve } from 'node:path'
 import type { Layer } from '@stacker/stackerfile'
-import { schemeOf } from './util.js'
 
 /** The host paths a layer's build touches: `writes` may change (bind sources are mounted
  *  read-write), `reads` are read (local imports, overlay_dir sources, tar and OCI layout bases). */
@@ -12,11 +11,11 @@ export interface HostPaths {
 
 export function hostPaths(layer: Layer): HostPaths {
   const reads: string[] = []
-  for (const i of layer.imports) if (schemeOf(i.path) === undefined) reads.push(i.path)
+  for (const i of layer.imports) if (i.source.kind === 'local') reads.push(i.path)
   for (const od of layer.overlayDirs) reads.push(od.source)
   const url = layer.from?.url
   if (url !== undefined) {
-    if (layer.from?.type === 'tar' && schemeOf(url) === undefined) reads.push(url)
+    if (layer.from?.type === 'tar' && layer.from.source?.kind === 'local') reads.push(url)
     const oci = layer.from?.type === 'oci' ? url : url.startsWith('oci:') ? url.slice('oci:'.length) : undefined
     if (oci !== undefined && !oci.startsWith('docker://')) {
       const i = oci.indexOf(':')

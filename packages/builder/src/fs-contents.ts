@@ -1,11 +1,12 @@
 import { link, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { atomicWriteFile, onCleanup, StackerError, type Logger } from '@stacker/core'
+import { atomicWriteFile, onCleanup, StackerError, type Logger, pathExists } from '@stacker/core'
 import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/layers'
-import { Annotations, type Descriptor, type OciLayout } from '@stacker/oci'
+import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
-import { copyTree, exists } from './util.js'
+import { hashFile } from './hashing.js'
+import { copyTree } from './util.js'
 
 /** squashfs/erofs base layers are not extracted: their content dir is where the image is opened
  *  (kernel mount, squashfuse, or unsquashfs as the last resort), following
@@ -18,6 +19,13 @@ interface FsImageRecord {
   verityRootHash?: string
   /** Set when the content was extracted (no mount): nothing to open any more. */
   extracted?: boolean
+}
+
+/** The content id of a base layer blob: tar layers are extracted into `sha256_<hex>`, squashfs and
+ *  erofs ones are opened in place as `fsimg_<hex>`. */
+export function contentIdForBlob(d: Descriptor): string {
+  if (layerKind(d.mediaType) !== 'tar') return fsImageContentId(d)
+  return `sha256_${d.digest.slice(d.digest.indexOf(':') + 1)}`
 }
 
 export function fsImageContentId(d: Descriptor): string {
@@ -34,43 +42,65 @@ export async function registerFsImage(stackerDir: string, layout: OciLayout, d: 
   const dir = recordDir(stackerDir)
   await mkdir(dir, { recursive: true })
   const blob = join(dir, id)
-  if (!(await exists(blob))) {
+  if (!(await pathExists(blob))) {
     try {
       await link(layout.blobPath(d.digest), `${blob}.tmp`)
     } catch {
       await copyTree(layout.blobPath(d.digest), `${blob}.tmp`)
     }
-    const { rename } = await import('node:fs/promises')
+    // Kept under its digest for every later build: a corrupt blob must not get in (it would fail
+    // each of them, its verity check included, until the stacker dir is removed).
+    const actual = await hashFile(`${blob}.tmp`)
+    const { rename, rm } = await import('node:fs/promises')
+    if (actual !== d.digest) {
+      await rm(`${blob}.tmp`, { force: true })
+      throw new StackerError('DIGEST', `blob ${d.digest} is corrupt: ${layout.blobPath(d.digest)} has digest ${actual}`)
+    }
     await rename(`${blob}.tmp`, blob)
   }
   const hash = d.annotations?.[Annotations.verityRootHash]
   const rec: FsImageRecord = { mediaType: d.mediaType, ...(hash !== undefined ? { verityRootHash: hash } : {}) }
-  if (!(await exists(`${blob}.json`))) await atomicWriteFile(`${blob}.json`, JSON.stringify(rec))
+  if (!(await pathExists(`${blob}.json`))) await atomicWriteFile(`${blob}.json`, JSON.stringify(rec))
   return id
 }
-
-const opened = new Map<string, Promise<MountedFsImage | undefined>>()
 
 async function isMountPoint(path: string): Promise<boolean> {
   const r = await execa('mountpoint', ['-q', path], { reject: false })
   return r.exitCode === 0
 }
 
-/** Makes sure every image-backed content of `chain` is readable in the store, opening it for the life
- *  of this process if needed. Cheap when already open. */
-export async function openChainContents(
-  opts: { stackerDir: string; store: OverlayStore; logger: Logger },
-  chain: readonly string[],
-): Promise<void> {
-  for (const id of chain) {
-    if (!id.startsWith(FSIMAGE_PREFIX)) continue
-    let p = opened.get(id)
-    if (!p) {
-      p = openOne(opts, id)
-      opened.set(id, p)
-      p.catch(() => opened.delete(id))
+/** The squashfs/erofs base contents one command has opened: each is opened once, on first use, and
+ *  stays open until closeAll (which the command calls on every exit path). */
+export class OpenedImages {
+  readonly #opened = new Map<string, Promise<MountedFsImage | undefined>>()
+  readonly #opts: { stackerDir: string; store: OverlayStore; logger: Logger }
+
+  constructor(opts: { stackerDir: string; store: OverlayStore; logger: Logger }) {
+    this.#opts = opts
+  }
+
+  /** Makes sure every image-backed content of `chain` is readable in the store. Cheap when open. */
+  async open(chain: readonly string[], logger: Logger = this.#opts.logger): Promise<void> {
+    for (const id of chain) {
+      if (!id.startsWith(FSIMAGE_PREFIX)) continue
+      let p = this.#opened.get(id)
+      if (!p) {
+        p = openOne({ ...this.#opts, logger }, id)
+        this.#opened.set(id, p)
+        p.catch(() => this.#opened.delete(id))
+      }
+      await p
     }
-    await p
+  }
+
+  /** Releases every image opened here. */
+  async closeAll(): Promise<void> {
+    const all = [...this.#opened.values()]
+    this.#opened.clear()
+    for (const p of all) {
+      const m = await p.catch(() => undefined)
+      await m?.release()
+    }
   }
 }
 
@@ -102,7 +132,9 @@ async function openOne(
   })
   opts.logger.debug(`opened ${id} by ${m.method}`)
   if (m.method === 'extract') {
-    // Extracted content stays: it is a plain content dir from now on.
+    // Extracted content stays: it is a plain content dir from now on, which the end of this
+    // process must not empty.
+    m.keep()
     await atomicWriteFile(`${blob}.json`, JSON.stringify({ ...rec, extracted: true }))
     return undefined
   }
@@ -113,15 +145,5 @@ async function openOne(
       undo()
       await m.release()
     },
-  }
-}
-
-/** Releases every image opened by this process. */
-export async function closeChainContents(): Promise<void> {
-  const all = [...opened.values()]
-  opened.clear()
-  for (const p of all) {
-    const m = await p.catch(() => undefined)
-    await m?.release()
   }
 }

@@ -14,7 +14,7 @@ import {
   type Manifest,
   type NewLayer,
 } from '@stacker/oci'
-import type { Layer } from '@stacker/stackerfile'
+import { parseSource, type Layer } from '@stacker/stackerfile'
 import type { Origin } from './cache.js'
 import type { BuildContext, BuiltLayer } from './context.js'
 import { EMPTY_CONTENT, projectContent } from './projections.js'
@@ -28,19 +28,11 @@ interface OutputBase {
   covered: number
 }
 
-const pending = new Map<string, Promise<Descriptor>>()
-
 /** The manifest of `b` in output type `out`, generating it (and what it extends) when missing. The
  *  layers appended are the projections of the layer's own chain above what its base covers, so every
  *  output holds exactly the filesystem the layer was built and run with. */
 export function ensureOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
-  const key = `${b.entry.key}|${outputKey(out)}`
-  let p = pending.get(key)
-  if (!p) {
-    p = generateOutput(ctx, b, out).finally(() => pending.delete(key))
-    pending.set(key, p)
-  }
-  return p
+  return ctx.flights.outputs.run(`${b.entry.key}|${outputKey(out)}`, () => generateOutput(ctx, b, out))
 }
 
 async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType): Promise<Descriptor> {
@@ -162,7 +154,7 @@ function authorName(ctx: BuildContext): string {
   return `${user}@${hostname()}`
 }
 
-/** Section 3.6 with design.md's cmd/entrypoint rule: inherited unless set; setting `entrypoint` clears
+/** Upstream's config rules, with Docker's cmd/entrypoint rule (docs/compatibility.md): inherited unless set; setting `entrypoint` clears
  *  an inherited `cmd`; `full_command` sets `entrypoint` and clears `cmd`. */
 export function containerConfig(
   inherited: ContainerConfig | undefined,
@@ -201,9 +193,7 @@ export function containerConfig(
   return c
 }
 
-const gitVersions = new Map<string, string | undefined>()
-
-function gitVersion(dir: string): string | undefined {
+function gitVersion(gitVersions: Map<string, string | undefined>, dir: string): string | undefined {
   if (gitVersions.has(dir)) return gitVersions.get(dir)
   const git = (args: string[]) =>
     execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
@@ -227,7 +217,8 @@ function manifestAnnotations(ctx: BuildContext, layer: Layer): Record<string, st
   const file = ctx.set.files.get(layer.file)
   const out: Record<string, string> = {}
   for (const [k, v] of layer.annotations) out[k] = v
-  const git = file && !/^[a-z]+:\/\//.test(file.path) ? gitVersion(dirname(file.path)) : undefined
+  const git =
+    file && parseSource(file.path).kind === 'local' ? gitVersion(ctx.gitVersions, dirname(file.path)) : undefined
   if (git !== undefined) out[`${ns}.stacker.git_version`] = git
   if (file) out[`${ns}.stacker.stacker_yaml`] = file.text
   out[`${ns}.stacker.stacker_version`] = ctx.s.version

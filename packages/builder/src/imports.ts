@@ -4,12 +4,12 @@ import { chmod, lchown, lstat, mkdir, readdir, rename, rm, stat } from 'node:fs/
 import { basename, dirname, join } from 'node:path'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
-import { sha256Digest, StackerError } from '@stacker/core'
+import { sha256Digest, StackerError, pathExists } from '@stacker/core'
 import type { ImportSpec, Layer } from '@stacker/stackerfile'
 import type { ImportPart } from './cache.js'
 import { builtIdentity, openChain, type BuildContext } from './context.js'
 import { hashFile, hashTree } from './hashing.js'
-import { copyTree, exists, schemeOf } from './util.js'
+import { copyTree } from './util.js'
 import { RUN_SCRIPT } from './run.js'
 
 export interface ResolvedImport {
@@ -41,29 +41,25 @@ function checkHash(spec: ImportSpec, actualHex: string): void {
 export async function resolveImports(ctx: BuildContext, layer: Layer): Promise<ResolvedImport[]> {
   const out: ResolvedImport[] = []
   for (const spec of layer.imports) {
-    const scheme = schemeOf(spec.path)
+    const src = spec.source
     const destPart =
       spec.dest !== undefined ? { dest: `${spec.dest}|${spec.mode ?? ''}|${spec.uid ?? ''}|${spec.gid ?? ''}` } : {}
-    if (scheme === 'http' || scheme === 'https') {
+    if (src.kind === 'http') {
       const file = await download(ctx, spec)
       const hex = (await hashFile(file)).slice('sha256:'.length)
       out.push({ spec, local: file, part: { path: spec.path, kind: 'http', digest: hex, ...destPart } })
-    } else if (scheme === 'stacker') {
-      const rest = spec.path.slice('stacker://'.length)
-      const slash = rest.indexOf('/')
-      const src = slash < 0 ? rest : rest.slice(0, slash)
-      const path = slash < 0 ? '/' : rest.slice(slash)
-      const built = ctx.built.get(src)
+    } else if (src.kind === 'stacker') {
+      const built = ctx.built.get(src.layer)
       if (!built)
-        throw new StackerError('IMPORT', `couldn't find layer ${src} for import ${spec.path}`, { pos: spec.pos })
+        throw new StackerError('IMPORT', `couldn't find layer ${src.layer} for import ${spec.path}`, { pos: spec.pos })
       out.push({
         spec,
-        stacker: { layer: src, path },
+        stacker: { layer: src.layer, path: src.path },
         // The source layer's filesystem by content, so a rebuild of it that changed the file is seen.
-        part: { path: spec.path, kind: 'stacker', digest: `${builtIdentity(built)}:${path}`, ...destPart },
+        part: { path: spec.path, kind: 'stacker', digest: `${builtIdentity(built)}:${src.path}`, ...destPart },
       })
-    } else if (scheme !== undefined) {
-      throw new StackerError('IMPORT', `unsupported url scheme ${scheme}`, { pos: spec.pos })
+    } else if (src.kind === 'unsupported') {
+      throw new StackerError('IMPORT', `unsupported url scheme ${src.scheme}`, { pos: spec.pos })
     } else {
       let st: Awaited<ReturnType<typeof stat>>
       try {
@@ -94,7 +90,7 @@ async function download(ctx: BuildContext, spec: ImportSpec): Promise<string> {
   const url = spec.path
   const dir = join(ctx.s.dirs.stackerDir, 'downloads', createHash('sha256').update(url).digest('hex').slice(0, 32))
   const file = join(dir, basename(new URL(url).pathname) || 'index')
-  if (await exists(file)) {
+  if (await pathExists(file)) {
     let head: Response | undefined
     try {
       head = await fetch(url, { method: 'HEAD', signal: AbortSignal.timeout(15_000) })
@@ -150,7 +146,7 @@ async function verifyDownloaded(spec: ImportSpec, file: string): Promise<string>
 }
 
 /** Where an import with `dest` lands: the directory it is copied into, and the name inside it
- *  (undefined: the source's contents go straight into the directory). Reference 2.3's table. */
+ *  (undefined: the source's contents go straight into the directory). The table is in imports.test.ts. */
 export function destPlacement(path: string, dest: string): { dir: string; name: string | undefined } {
   const srcSlash = path.endsWith('/')
   const destSlash = dest.endsWith('/')
@@ -179,7 +175,7 @@ export async function copyImport(
   const snap = await ctx.store.snapshot(src.entry.chain)
   try {
     const from = join(snap.target, imp.stacker.path)
-    if (!(await exists(from)))
+    if (!(await pathExists(from)))
       throw new StackerError(
         'IMPORT',
         `couldn't import ${imp.spec.path}: no such file or directory in ${imp.stacker.layer}`,
@@ -242,21 +238,57 @@ export function destDirOf(imp: ResolvedImport): string {
   return destPlacement(imp.spec.path, imp.spec.dest as string).dir
 }
 
+/** Owner and permission bits of a directory of the base image, by its path in the image. */
+export interface DirMeta {
+  path: string
+  mode: number
+  uid: number
+  gid: number
+}
+
+/** The directories on the way to `dir` (itself included) that exist in the filesystem at `root`. */
+export async function baseDirMeta(root: string, dir: string): Promise<DirMeta[]> {
+  const out: DirMeta[] = []
+  let path = ''
+  for (const c of dir.split('/').filter((x) => x !== '')) {
+    path += `/${c}`
+    let st: Awaited<ReturnType<typeof lstat>>
+    try {
+      st = await lstat(join(root, path))
+    } catch {
+      break
+    }
+    if (!st.isDirectory()) break
+    out.push({ path, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid })
+  }
+  return out
+}
+
 /** Makes (or reuses) the content dir for an import with `dest`: its own layer, like an overlay_dir.
- *  `dir` is destDirOf(imp) with the base's symlinks resolved. */
-export async function destImportContent(ctx: BuildContext, imp: ResolvedImport, dir: string): Promise<string> {
+ *  `dir` is destDirOf(imp) with the base's symlinks resolved; `baseDirs` the directories on the way
+ *  there that the base already has, whose owner and mode the layer keeps. */
+export async function destImportContent(
+  ctx: BuildContext,
+  imp: ResolvedImport,
+  dir: string,
+  baseDirs: readonly DirMeta[] = [],
+): Promise<string> {
   const spec = imp.spec
   const dest = spec.dest as string
   if (imp.part.kind === 'missing')
     throw new StackerError('IMPORT', `couldn't import ${spec.path}: no such file or directory`, { pos: spec.pos })
   const { name } = destPlacement(spec.path, dest)
-  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir])).slice(7, 39)}`
+  const id = `imp_${sha256Digest(JSON.stringify([imp.part, spec.mode, spec.uid, spec.gid, dest, spec.path, dir, baseDirs])).slice(7, 39)}`
   await ctx.store.ensureContent(id, async (root) => {
     const targetDir = join(root, dir)
     await mkdir(targetDir, { recursive: true })
     const target = name === undefined ? targetDir : join(targetDir, name)
     await copyImport(ctx, imp, target, name === undefined)
     await applyOwnership(target, spec)
+    for (const d of baseDirs) {
+      await lchown(join(root, d.path), d.uid, d.gid)
+      await chmod(join(root, d.path), d.mode)
+    }
   })
   return id
 }

@@ -1,4 +1,4 @@
-export { build, dependenciesOf } from './build.js'
+export { build } from './build.js'
 export { hostCouplings } from './coupling.js'
 export { chroot, grab, inspect, clean, check, gc, internalCheckOverlay } from './commands.js'
 export { publish, type PublishOptions } from './publish.js'
@@ -19,3 +19,15 @@ export { containerConfig, DEFAULT_PATH_ENV } from './image.js'
 export { destPlacement } from './imports.js'
 export { internalCopy, internalCp, internalChmod, internalChown, NO_APPARMOR_EXIT } from './internal-go.js'
 export { atomfsMount, atomfsUmount } from './atomfs.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'
+export { unprivSetup, type UnprivSetupOptions } from './unpriv.js'

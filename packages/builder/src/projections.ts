@@ -24,8 +24,6 @@ export interface Projection {
   diffId: Digest
 }
 
-const inflight = new Map<string, Promise<Projection | undefined>>()
-
 /** Names the compressor of compressed tar projections: blobs recorded with another one (pigz,
  *  another default level or zlib build) have other digests, so their records are not reused. */
 const TAR_WRITER = GZIP_WRITER_ID
@@ -45,19 +43,12 @@ export function projectContent(
   const empty = opts.allowEmpty ? '.e' : ''
   const variant = `${outputKey(out)}.${opts.uncompressed ? 'raw' : 'c'}${empty}.${sde}.v${CACHE_VERSION}${writer}`
   const recordFile = join(ctx.s.dirs.stackerDir, 'projections', `${id}.${variant}.json`)
-  const key = `${ctx.layout.dir}|${recordFile}`
-  let p = inflight.get(key)
-  if (!p) {
-    p = generate(ctx, id, out, recordFile, opts)
-      .then(async (r) => {
-        // Where upstream keeps a generated layer's content: sha256_<blob digest>/overlay.
-        if (r) await ctx.store.setBlobView(r.descriptor.digest, id)
-        return r
-      })
-      .finally(() => inflight.delete(key))
-    inflight.set(key, p)
-  }
-  return p
+  return ctx.flights.projections.run(recordFile, async () => {
+    const r = await generate(ctx, id, out, recordFile, opts)
+    // Where upstream keeps a generated layer's content: sha256_<blob digest>/overlay.
+    if (r) await ctx.store.setBlobView(r.descriptor.digest, id)
+    return r
+  })
 }
 
 async function generate(

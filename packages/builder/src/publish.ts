@@ -1,13 +1,12 @@
 import { join, resolve } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { isStackerError, StackerError, pathExists } from '@stacker/core'
 import { OciLayout, type Descriptor, type Manifest } from '@stacker/oci'
 import { MountSources, parseImageRef, pushImageDetailed, RegistryClient } from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
 import { cachedEntry, createContext } from './build.js'
-import { closeChainContents } from './fs-contents.js'
+import type { BuildContext } from './context.js'
 import { openStorage } from './storage.js'
 import { tagFor, type LayerType, type Session } from './types.js'
-import { exists } from './util.js'
 
 export interface PublishOptions {
   stackerFiles: string[]
@@ -35,9 +34,11 @@ async function loadLenient(s: Session, o: PublishOptions): Promise<StackerfileSe
     try {
       return await loadStackerfiles(o.stackerFiles, { substitutions, logger: s.logger })
     } catch (e) {
-      const m = e instanceof StackerError ? /no value for substitution (\S+)/.exec(e.message) : null
-      if (!m || extra.length > 1000) throw e
-      extra.push(`${m[1]}=dummy`)
+      // Only a missing value is given one; unsupported placeholders stay an error.
+      const missing =
+        isStackerError(e, 'SUBSTITUTION') && e.detail?.reason === 'no-value' ? e.detail.variables : undefined
+      if (!missing?.length || extra.length > 1000) throw e
+      for (const v of missing) extra.push(`${v}=dummy`)
     }
   }
 }
@@ -49,12 +50,13 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
     throw new StackerError('USAGE', `can't save OCI images in ${o.url} since list of tags is empty`)
   const kind = o.url.startsWith('oci:') ? 'oci' : o.url.startsWith('docker://') ? 'docker' : undefined
   if (!kind) throw new StackerError('USAGE', `unknown image source type: ${o.url}`)
-  if (!(await exists(s.dirs.ociDir)))
+  if (!(await pathExists(s.dirs.ociDir)))
     throw new StackerError('NOT_FOUND', `oci dir ${s.dirs.ociDir} does not exist: build first`)
   const set = await loadLenient(s, o)
   const storage = await openStorage(s)
+  let ctx: BuildContext | undefined
   try {
-    const ctx = await createContext(s, storage, set, {
+    ctx = await createContext(s, storage, set, {
       stackerFiles: o.stackerFiles,
       substitute: o.substitute,
       noCache: false,
@@ -139,7 +141,7 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
       }
     }
   } finally {
-    await closeChainContents()
+    await ctx?.images.closeAll()
     await storage.lock.release()
   }
 }
@@ -147,7 +149,7 @@ export async function publish(s: Session, o: PublishOptions): Promise<void> {
 async function mountSources(stackerDir: string): Promise<MountSources> {
   const mounts = new MountSources()
   const bases = join(stackerDir, 'layer-bases', 'oci')
-  if (await exists(join(bases, 'index.json'))) {
+  if (await pathExists(join(bases, 'index.json'))) {
     try {
       await mounts.addFromLayout(await OciLayout.open(bases))
     } catch {

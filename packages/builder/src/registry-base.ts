@@ -4,7 +4,8 @@ import { StackerError } from '@stacker/core'
 import { OciLayout } from '@stacker/oci'
 import { parseImageRef, pullImage, RegistryClient, sourceAnnotation } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
-import { contentIdForBlob, type BaseImage } from './bases.js'
+import type { BaseImage } from './bases.js'
+import { contentIdForBlob } from './fs-contents.js'
 import type { BuildContext } from './context.js'
 
 /** Pulls a `docker://` base into `<stacker-dir>/layer-bases/oci`, cached by manifest digest: blobs
@@ -13,21 +14,8 @@ export async function pullBase(ctx: BuildContext, layer: Layer, url: string): Pr
   const dir = join(ctx.s.dirs.stackerDir, 'layer-bases', 'oci')
   // Layers building in parallel often share a base (or its blobs): one pull at a time into the
   // layout, so the second finds the blobs the first fetched instead of fetching them again.
-  const prev = pulling.get(dir) ?? Promise.resolve()
-  const mine = prev.then(() => pullBaseNow(ctx, layer, url, dir))
-  const tail = mine.then(
-    () => {},
-    () => {},
-  )
-  pulling.set(dir, tail)
-  try {
-    return await mine
-  } finally {
-    if (pulling.get(dir) === tail) pulling.delete(dir)
-  }
+  return ctx.flights.basePulls.run(dir, () => pullBaseNow(ctx, layer, url, dir))
 }
-
-const pulling = new Map<string, Promise<void>>()
 
 async function pullBaseNow(ctx: BuildContext, layer: Layer, url: string, dir: string): Promise<BaseImage> {
   const ref = parseImageRef(url)

@@ -1,14 +1,13 @@
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { StackerError, withTempDir } from '@stacker/core'
+import { StackerError, withTempDir, pathExists } from '@stacker/core'
 import { buildEnvironment, runContainer, type BindMount } from '@stacker/runtime'
 import { renderRunScript, type Layer } from '@stacker/stackerfile'
 import { openChain, type BuildContext } from './context.js'
-import { exists } from './util.js'
 
 export const RUN_SCRIPT = '.stacker-run.sh'
 
-/** The environment of a layer's build container (reference 2.3). */
+/** The environment of a layer's build container (upstream's passthrough list, `build_env`, `STACKER_LAYER_NAME`). */
 export function layerEnv(ctx: BuildContext, layer: Layer): string[] {
   return buildEnvironment({
     hostEnv: process.env,
@@ -22,7 +21,7 @@ export function layerEnv(ctx: BuildContext, layer: Layer): string[] {
 export async function bindMounts(layer: Layer): Promise<BindMount[]> {
   const out: BindMount[] = []
   for (const b of layer.binds) {
-    if (!(await exists(b.source)))
+    if (!(await pathExists(b.source)))
       throw new StackerError(
         'RUN_FAILED',
         `failed to bind mount ${JSON.stringify(b.source)} at ${JSON.stringify(b.dest)}: bind mount source ${JSON.stringify(b.source)} does not exist, refusing bind mount`,

@@ -1,4 +1,6 @@
 import { mkdir } from 'node:fs/promises'
+import { isStackerError, StackerError } from '@stacker/core'
+import { goQuote, OciLayout } from '@stacker/oci'
 import { join } from 'node:path'
 import { acquireStorageLocks, checkOverlay, initStorage, OverlayStore, type Lock } from '@stacker/overlay'
 import { removeStaleContainers } from '@stacker/runtime'
@@ -10,7 +12,7 @@ export interface OpenStorage {
   runtimeDir: string
 }
 
-/** Reference 1.3: storage initialisation, the overlay check and the locks, done by every command that
+/** Storage initialisation as upstream does it, the overlay check and the locks, done by every command that
  *  uses the roots dir. The caller releases the lock. */
 export async function openStorage(s: Session): Promise<OpenStorage> {
   const { stackerDir, rootsDir, rootsDirArg } = s.dirs
@@ -28,5 +30,19 @@ export async function openStorage(s: Session): Promise<OpenStorage> {
   } catch (e) {
     await lock.release()
     throw e
+  }
+}
+
+/** The output layout (`--oci-dir`), with upstream's messages for a dir that is not one. */
+export async function openOutputLayout(s: Session, opts: { create: boolean }): Promise<OciLayout> {
+  try {
+    return await OciLayout.open(s.dirs.ociDir, { create: opts.create, logger: s.logger })
+  } catch (e) {
+    if (!isStackerError(e, 'OCI_LAYOUT') || e.detail === undefined || e.detail.reason === 'missing') throw e
+    const what = e.detail.reason === 'not-a-directory' ? 'is not a directory' : 'does not look like an OCI Layout'
+    throw new StackerError('OCI_LAYOUT', `parameter oci-dir=${goQuote(s.dirs.ociDir)} exists but ${what}.`, {
+      cause: e,
+      detail: e.detail,
+    })
   }
 }

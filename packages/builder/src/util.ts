@@ -1,4 +1,4 @@
-import { lstat, mkdir, rm } from 'node:fs/promises'
+import { mkdir, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { execa } from 'execa'
 import { StackerError } from '@stacker/core'
@@ -30,36 +30,4 @@ export async function copyTree(
 export function lastLine(s: string): string {
   const lines = s.trim().split('\n')
   return lines[lines.length - 1] ?? ''
-}
-
-export async function exists(p: string): Promise<boolean> {
-  try {
-    await lstat(p)
-    return true
-  } catch {
-    return false
-  }
-}
-
-/** Runs `fn` over `items` with at most `limit` at once, keeping result order. */
-export async function mapLimit<T, R>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T, i: number) => Promise<R>,
-): Promise<R[]> {
-  const out = new Array<R>(items.length)
-  let next = 0
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++
-      out[i] = await fn(items[i] as T, i)
-    }
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker))
-  return out
-}
-
-export function schemeOf(path: string): string | undefined {
-  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\//.exec(path)
-  return m?.[1]
 }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { getAttributeSync, setAttributeSync } from '@napi-rs/xattr'
 import { OVERLAY_OPAQUE_XATTR } from '@stacker/layers'
-import type { Layer } from '@stacker/stackerfile'
+import { parseSource, type Layer } from '@stacker/stackerfile'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { contentDigest, contentIdFor, dropNeedlessOpaqueMarks } from '../src/content.js'
 import { hostCouplings } from '../src/coupling.js'
@@ -110,9 +110,11 @@ describe('hostCouplings', () => {
     const order = [
       layer('writer', { binds: [bind('/h/shared')] }),
       layer('reader', { overlayDirs: [{ source: '/h/shared/sub', dest: '/', pos }] }),
-      layer('alone', { imports: [{ path: '/h/other', pos }] }),
+      layer('alone', { imports: [{ path: '/h/other', source: parseSource('/h/other'), pos }] }),
       layer('writes-what-alone-read', { binds: [bind('/h')] }),
-      layer('http', { imports: [{ path: 'https://example.invalid/x', pos }] }),
+      layer('http', {
+        imports: [{ path: 'https://example.invalid/x', source: parseSource('https://example.invalid/x'), pos }],
+      }),
     ]
     const c = hostCouplings(order)
     expect(c.get('writer')).toEqual([])

@@ -49,7 +49,7 @@ describe('parseLayerTypes', () => {
   })
 })
 
-describe('destPlacement (reference 2.3 dest table)', () => {
+describe('destPlacement (the dest table of upstream stacker)', () => {
   it.each([
     ['/src/dir', '/d', '/', 'd'],
     ['/src/dir/', '/d', '/d', undefined],

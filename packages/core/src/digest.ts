@@ -6,6 +6,7 @@ export type Digest = `${'sha256' | 'sha512'}:${string}`
 
 const DIGEST_RE = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/
 
+/** Whether `s` is a well-formed sha256 or sha512 digest (lowercase hex of the right length). */
 export function isDigest(s: string): s is Digest {
   return DIGEST_RE.test(s)
 }
@@ -16,14 +17,17 @@ export function parseDigest(s: string): Digest {
   return s
 }
 
+/** The hex part of a digest, as blob files are named. */
 export function digestHex(d: Digest): string {
   return d.slice(d.indexOf(':') + 1)
 }
 
+/** The algorithm part of a digest. */
 export function digestAlgorithm(d: Digest): 'sha256' | 'sha512' {
   return d.startsWith('sha512:') ? 'sha512' : 'sha256'
 }
 
+/** The sha256 digest of bytes (a string is hashed as UTF-8). */
 export function sha256Digest(data: string | Uint8Array): Digest {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`
 }

@@ -1,8 +1,10 @@
 /** Libraries report through a Logger; only the CLI decides how to render it. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
 
+/** Structured values attached to a log line (a digest, a layer name, a size). */
 export type LogFields = Readonly<Record<string, string | number | boolean | undefined>>
 
+/** How far a transfer or a long step has come; renderers draw it, loggers to files may drop it. */
 export interface ProgressEvent {
   /** What is moving: a blob digest, a layer name, a file. Stable for the life of one transfer. */
   readonly id: string
@@ -14,6 +16,7 @@ export interface ProgressEvent {
   readonly done?: boolean
 }
 
+/** Where a library's messages go. Libraries never print; the caller decides how to render. */
 export interface Logger {
   log(level: LogLevel, msg: string, fields?: LogFields): void
   debug(msg: string, fields?: LogFields): void
@@ -25,6 +28,7 @@ export interface Logger {
   child(prefix: string): Logger
 }
 
+/** One log line as createLogger hands it to its sink. */
 export interface LogRecord {
   readonly level: LogLevel
   readonly msg: string

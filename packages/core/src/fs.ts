@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { mkdtemp, open, rename, rm, mkdir } from 'node:fs/promises'
+import { lstat, mkdtemp, open, rename, rm, mkdir, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join, basename } from 'node:path'
 
@@ -61,4 +61,31 @@ export async function runCleanups(): Promise<unknown[]> {
     }
   }
   return errors
+}
+
+/** Whether `e` is a Node system error with errno code `code` (`ENOENT`, ...). */
+export function isErrno(e: unknown, code: string): boolean {
+  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code
+}
+
+/** Whether something (a symlink counts, whatever it points at) is at `path`. Other errors than
+ *  "no such file" (e.g. permission denied) are thrown, not taken for absence. */
+export async function pathExists(path: string): Promise<boolean> {
+  try {
+    await lstat(path)
+    return true
+  } catch (e) {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return false
+    throw e
+  }
+}
+
+/** Whether `path` is a directory (following symlinks); false when nothing is there. */
+export async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory()
+  } catch (e) {
+    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return false
+    throw e
+  }
 }

@@ -154,6 +154,19 @@ describe.skipIf(!isRoot)('openFsImage and extractFsImage (needs root: mknod, mou
     await m.release()
   })
 
+  it('an extracted image that is kept stays in place through release and runCleanups', async () => {
+    const { image } = await layer('squashfs', false)
+    const target = join(await tempDir(), 'kept')
+    const m = await openFsImage(image.file, target, { mediaType: image.mediaType, policy: ['unsquashfs'] })
+    expect(m.method).toBe('extract')
+    const before = await readdir(target)
+    expect(before.length).toBeGreaterThan(0)
+    m.keep()
+    expect(await runCleanups()).toEqual([])
+    await m.release()
+    expect(await readdir(target)).toEqual(before)
+  })
+
   it('refuses a non-empty target and leaves it alone', async () => {
     const { image } = await layer('squashfs', false)
     const target = await tempDir()

@@ -1,14 +1,18 @@
 import { randomBytes } from 'node:crypto'
-import { type FileHandle, mkdir, open, rename, rm, stat } from 'node:fs/promises'
+import { type FileHandle, mkdir, open, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type Digest, digestAlgorithm, Hasher, onCleanup, parseDigest, StackerError } from '@stacker/core'
+import { type Digest, digestAlgorithm, Hasher, onCleanup, parseDigest, StackerError, pathExists } from '@stacker/core'
 import { holdDigest, type LayoutState } from './state.js'
 
+/** What a blob must turn out to be; a mismatch is a DIGEST error and nothing is stored. */
 export interface ExpectedBlob {
+  /** The digest the content must have. */
   digest?: Digest
+  /** The size in bytes the content must have. */
   size?: number
 }
 
+/** A stored blob: its digest and size in bytes. */
 export interface BlobInfo {
   digest: Digest
   size: number
@@ -114,7 +118,7 @@ export class LayoutBlobWriter implements BlobWriter {
       held = holdDigest(this.#ctx.state, digest)
       const final = this.#ctx.blobPath(digest)
       await this.#ctx.state.blobLock.run(async () => {
-        if (await exists(final)) {
+        if (await pathExists(final)) {
           await rm(this.path, { force: true })
         } else {
           await mkdir(join(final, '..'), { recursive: true })
@@ -184,18 +188,4 @@ export function checkExpected(actual: BlobInfo, expected: ExpectedBlob): void {
       `blob size mismatch for ${actual.digest}: expected ${expected.size} bytes, got ${actual.size}`,
     )
   }
-}
-
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path)
-    return true
-  } catch (e) {
-    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return false
-    throw e
-  }
-}
-
-export function isErrno(e: unknown, code: string): boolean {
-  return typeof e === 'object' && e !== null && (e as { code?: unknown }).code === code
 }

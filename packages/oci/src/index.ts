@@ -24,3 +24,14 @@ export {
 } from './layout.js'
 export { mutateImage, newImageConfig, type NewLayer, type MutateOptions, type ImageParts } from './mutate.js'
 export { hostPlatform, ociArchitecture, platformMatches } from './platform.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'

@@ -16,39 +16,38 @@ import {
   parseDigest,
   StackerError,
   silentLogger,
-} from '@stacker/core'
-import {
-  type BlobInfo,
-  type BlobWriter,
-  checkExpected,
-  type ExpectedBlob,
-  exists,
+  pathExists,
   isErrno,
-  LayoutBlobWriter,
-  TEMP_DIR,
-} from './blob-writer.js'
+} from '@stacker/core'
+import { type BlobInfo, type BlobWriter, checkExpected, type ExpectedBlob, LayoutBlobWriter } from './blob-writer.js'
 import { Annotations, isIndexMediaType, isManifestMediaType, MediaTypes } from './media-types.js'
+import { collectGarbage } from './gc.js'
 import { hostPlatform, platformMatches } from './platform.js'
 import { goQuote, validateRefName } from './ref-name.js'
 import { holdDigest, type LayoutState, layoutState } from './state.js'
 import type { Descriptor, ImageConfig, ImageIndex, Manifest, Platform } from './types.js'
 
+/** Options of OciLayout.open. */
 export interface OpenOptions {
   /** Create the layout when `dir` does not exist. Default false: a missing layout is NOT_FOUND. */
   create?: boolean
+  /** Receives `Creating new OCI Layout at ...` and debug lines. Default: dropped. */
   logger?: Logger
 }
 
+/** A tag of the layout and the descriptor it names. */
 export interface TagEntry {
   name: string
   descriptor: Descriptor
 }
 
+/** Options of OciLayout.gc. */
 export interface GcOptions {
   /** Extra roots: blobs written for an image that is not tagged yet. */
   keep?: Digest[]
 }
 
+/** What OciLayout.gc removed. */
 export interface GcResult {
   /** Removed blobs, sorted. */
   removed: Digest[]
@@ -56,6 +55,7 @@ export interface GcResult {
   temp: string[]
 }
 
+/** An image read from the layout: the manifest's descriptor, the manifest and the config. */
 export interface ImageRecord {
   /** The manifest's descriptor (for an index, the chosen platform's entry). */
   descriptor: Descriptor
@@ -63,19 +63,21 @@ export interface ImageRecord {
   config: ImageConfig
 }
 
+/** What OciLayout.writeImage stores: a config and a manifest listing `layers` (already stored). */
 export interface WriteImageOptions {
   config: ImageConfig
+  /** Descriptors of blobs already in the layout, bottom layer first. */
   layers: Descriptor[]
+  /** The manifest's annotations. */
   annotations?: Record<string, string>
+  /** The manifest's `subject` (an artifact that refers to another image). */
   subject?: Descriptor
+  /** The manifest's `artifactType`. */
   artifactType?: string
 }
 
 const LAYOUT_FILE = 'oci-layout'
 const INDEX_FILE = 'index.json'
-const ROOT_TEMP_RE = /^\.(index\.json|oci-layout)\.tmp-(\d+)-[0-9a-f]+$/
-const TEMP_FILE_RE = /^blob-(\d+)-[0-9a-f]+$/
-const HEX_LEN: Readonly<Record<string, number>> = { sha256: 64, sha512: 128 }
 
 /**
  * An OCI image layout on disk (image-spec "OCI Image Layout"): a content-addressed blob store plus
@@ -95,27 +97,32 @@ export class OciLayout {
     this.#logger = logger
   }
 
-  /** Opens the layout at `dir`, creating it (atomically, with upstream's log line) when missing and
-   *  `create` is set. Errors: OCI_LAYOUT with upstream's texts when `dir` is not a directory or
-   *  has no index.json; NOT_FOUND when missing and `create` is unset. */
+  /** Opens the layout at `dir`. With `create`, a missing dir, or an empty one (as mkdtemp leaves
+   *  it), becomes a new empty layout first (atomically, logging `Creating new OCI Layout at "dir"`).
+   *  Errors: OCI_LAYOUT (detail `{path, reason}`) when `dir` is not a directory, or is a non-empty
+   *  directory without index.json, or is missing and `create` is unset. */
   static async open(dir: string, opts: OpenOptions = {}): Promise<OciLayout> {
     const logger = opts.logger ?? silentLogger
     const abs = resolve(dir)
     let st = await statOrUndefined(abs)
-    if (!st) {
-      if (!opts.create) throw new StackerError('NOT_FOUND', `OCI layout ${goQuote(dir)} does not exist`)
+    if (!st || (opts.create && st.isDirectory() && (await readdir(abs)).length === 0)) {
+      if (!opts.create)
+        throw new StackerError('OCI_LAYOUT', `OCI layout ${goQuote(dir)} does not exist`, {
+          detail: { path: abs, reason: 'missing' },
+        })
       logger.info(`Creating new OCI Layout at ${goQuote(dir)}`)
       await createLayout(abs)
       st = await stat(abs)
     }
     if (!st.isDirectory()) {
-      throw new StackerError('OCI_LAYOUT', `parameter oci-dir=${goQuote(dir)} exists but is not a directory.`)
+      throw new StackerError('OCI_LAYOUT', `OCI layout ${goQuote(dir)} is not a directory`, {
+        detail: { path: abs, reason: 'not-a-directory' },
+      })
     }
-    if (!(await exists(join(abs, INDEX_FILE)))) {
-      throw new StackerError(
-        'OCI_LAYOUT',
-        `parameter oci-dir=${goQuote(dir)} exists but does not look like an OCI Layout.`,
-      )
+    if (!(await pathExists(join(abs, INDEX_FILE)))) {
+      throw new StackerError('OCI_LAYOUT', `${goQuote(dir)} is not an OCI layout: it has no ${INDEX_FILE}`, {
+        detail: { path: abs, reason: 'not-a-layout' },
+      })
     }
     return new OciLayout(abs, logger)
   }
@@ -127,7 +134,7 @@ export class OciLayout {
   }
 
   async hasBlob(d: Digest): Promise<boolean> {
-    return exists(this.blobPath(d))
+    return pathExists(this.blobPath(d))
   }
 
   /** Stores `data`. Streams: hashes while writing, never holds the whole blob. Verifies `expected`
@@ -171,7 +178,7 @@ export class OciLayout {
     try {
       const final = this.blobPath(info.digest)
       const crossDevice = await this.#state.blobLock.run(async () => {
-        if (await exists(final)) {
+        if (await pathExists(final)) {
           await rm(file, { force: true })
           return false
         }
@@ -405,94 +412,12 @@ export class OciLayout {
   async gc(opts: GcOptions = {}): Promise<GcResult> {
     return this.#state.indexLock.run(() =>
       this.#state.blobLock.run(async () => {
-        const reachable = await this.#reachable(opts.keep ?? [])
-        const removed: Digest[] = []
-        const blobsDir = join(this.dir, 'blobs')
-        for (const alg of await readdirOrEmpty(blobsDir)) {
-          const len = HEX_LEN[alg]
-          if (len === undefined) continue
-          for (const name of await readdirOrEmpty(join(blobsDir, alg))) {
-            const d = `${alg}:${name}`
-            if (name.length !== len || !isDigest(d)) continue
-            if (reachable.has(d) || this.#state.digests.has(d)) continue
-            await rm(join(blobsDir, alg, name), { force: true })
-            removed.push(d)
-          }
-        }
-        const temp = await this.#removeStaleTemps()
-        removed.sort()
-        if (removed.length > 0 || temp.length > 0) {
-          this.#logger.debug(`gc removed ${removed.length} blobs and ${temp.length} temp files from ${this.dir}`)
-        }
-        return { removed, temp }
+        const r = await collectGarbage(this, this.#state, opts.keep ?? [])
+        if (r.removed.length > 0 || r.temp.length > 0)
+          this.#logger.debug(`gc removed ${r.removed.length} blobs and ${r.temp.length} temp files from ${this.dir}`)
+        return r
       }),
     )
-  }
-
-  async #reachable(keep: Digest[]): Promise<Set<string>> {
-    const index = await this.readIndex()
-    const seen = new Set<string>()
-    const queue: Array<{ digest: string; mediaType?: string }> = [
-      ...index.manifests,
-      ...keep.map((digest) => ({ digest })),
-    ]
-    if (index.subject) queue.push(index.subject)
-    while (queue.length > 0) {
-      const d = queue.pop()!
-      if (!isDigest(d.digest) || seen.has(d.digest)) continue
-      seen.add(d.digest)
-      const mayHaveChildren =
-        d.mediaType === undefined || isManifestMediaType(d.mediaType) || isIndexMediaType(d.mediaType)
-      if (!mayHaveChildren || !(await this.hasBlob(d.digest))) continue
-      let doc: Record<string, unknown>
-      if (d.mediaType === undefined) {
-        // A `keep` digest of unknown type: follow it only if it parses as JSON.
-        try {
-          doc = JSON.parse((await this.readBlob(d.digest)).toString('utf8')) as Record<string, unknown>
-        } catch (e) {
-          if (e instanceof StackerError) throw e
-          continue
-        }
-        if (typeof doc !== 'object' || doc === null) continue
-      } else {
-        doc = await this.readJson<Record<string, unknown>>(d.digest)
-      }
-      for (const key of ['config', 'subject'] as const) {
-        const child = doc[key] as Descriptor | undefined
-        if (child && typeof child === 'object' && typeof child.digest === 'string') queue.push(child)
-      }
-      for (const key of ['layers', 'manifests', 'blobs'] as const) {
-        const list = doc[key]
-        if (!Array.isArray(list)) continue
-        for (const child of list as Descriptor[]) {
-          if (child && typeof child === 'object' && typeof child.digest === 'string') queue.push(child)
-        }
-      }
-    }
-    return seen
-  }
-
-  async #removeStaleTemps(): Promise<string[]> {
-    const removed: string[] = []
-    const tmpDir = join(this.dir, TEMP_DIR)
-    for (const name of await readdirOrEmpty(tmpDir)) {
-      const path = join(tmpDir, name)
-      if (this.#state.tempFiles.has(path)) continue
-      const pid = Number(TEMP_FILE_RE.exec(name)?.[1] ?? Number.NaN)
-      if (pid !== process.pid && pidAlive(pid)) continue
-      await rm(path, { recursive: true, force: true })
-      removed.push(path)
-    }
-    // Crashed index.json/oci-layout replacements; ours can't be live because we hold the index lock.
-    for (const name of await readdirOrEmpty(this.dir)) {
-      const m = ROOT_TEMP_RE.exec(name)
-      if (!m) continue
-      const pid = Number(m[2])
-      if (pid !== process.pid && pidAlive(pid)) continue
-      await rm(join(this.dir, name), { force: true })
-      removed.push(join(this.dir, name))
-    }
-    return removed.sort()
   }
 
   #pickPlatform(ref: string, index: ImageIndex, wanted: Platform): Descriptor {
@@ -549,25 +474,6 @@ async function statOrUndefined(path: string) {
   }
 }
 
-async function readdirOrEmpty(dir: string): Promise<string[]> {
-  try {
-    return (await readdir(dir)).sort()
-  } catch (e) {
-    if (isErrno(e, 'ENOENT') || isErrno(e, 'ENOTDIR')) return []
-    throw e
-  }
-}
-
-function pidAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return isErrno(e, 'EPERM')
-  }
-}
-
 /** Builds the layout in a sibling temp dir and renames it into place, so a crash never leaves a
  *  half-made layout that the next open would reject. Losing a creation race to another process is
  *  fine: its layout is used. */
@@ -582,6 +488,7 @@ async function createLayout(abs: string): Promise<void> {
     const index: ImageIndex = { schemaVersion: 2, mediaType: MediaTypes.index, manifests: [] }
     await atomicWriteFile(join(tmp, INDEX_FILE), canonicalJson(index))
     try {
+      // An empty dir is replaced as a missing one would be created (rename over an empty dir).
       await rename(tmp, abs)
     } catch (e) {
       if (!isErrno(e, 'ENOTEMPTY') && !isErrno(e, 'EEXIST')) throw e

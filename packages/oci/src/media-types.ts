@@ -22,8 +22,10 @@ export const MediaTypes = {
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
 } as const
 
+/** One of MediaTypes' values. */
 export type MediaType = (typeof MediaTypes)[keyof typeof MediaTypes]
 
+/** Annotation keys this project reads or writes. */
 export const Annotations = {
   /** The tag of a descriptor in index.json. */
   refName: 'org.opencontainers.image.ref.name',
@@ -37,6 +39,7 @@ export const Annotations = {
   created: 'org.opencontainers.image.created',
 } as const
 
+/** The filesystem format of a layer blob. */
 export type LayerKind = 'tar' | 'squashfs' | 'erofs'
 /** For tar: the stream compression to undo. For squashfs/erofs: the label's suffix; the image's
  *  internal compression is the filesystem's business and there is nothing to decompress. */
@@ -61,6 +64,7 @@ function lookupLayer(mediaType: string): readonly [LayerKind, LayerCompression] 
   return t
 }
 
+/** Whether `mediaType` is a layer type this project reads (tar, squashfs or erofs, any compression). */
 export function isLayerMediaType(mediaType: string): boolean {
   return Object.hasOwn(LAYER_TYPES, mediaType)
 }
@@ -75,10 +79,12 @@ export function layerCompression(mediaType: string): LayerCompression {
   return lookupLayer(mediaType)[1]
 }
 
+/** Whether `mediaType` names an image manifest (OCI or Docker schema 2). */
 export function isManifestMediaType(mediaType: string | undefined): boolean {
   return mediaType === MediaTypes.manifest || mediaType === MediaTypes.dockerManifest
 }
 
+/** Whether `mediaType` names an image index (OCI index or Docker manifest list). */
 export function isIndexMediaType(mediaType: string | undefined): boolean {
   return mediaType === MediaTypes.index || mediaType === MediaTypes.dockerManifestList
 }

@@ -10,16 +10,23 @@ export interface NewLayer {
   history?: History
 }
 
+/** Options of mutateImage: what the new image adds to or changes in its base. */
 export interface MutateOptions {
+  /** Appended to the base's layers, in order. */
   layers?: NewLayer[]
   /** Appended after the layers' own history entries (e.g. a final `empty_layer` entry). */
   history?: History[]
   /** Replaces the container config when given; compute it from `base.config.config`. */
   config?: ContainerConfig
+  /** The config's `created` (RFC 3339); nothing is set when absent, for reproducible images. */
   created?: string
+  /** The config's `author`. */
   author?: string
+  /** Platform of the new image; the base's (or this host's, without a base) when absent. */
   architecture?: string
+  /** See `architecture`. */
   os?: string
+  /** See `architecture`. */
   variant?: string
   /** Merged over the base manifest's annotations, which carry over. */
   annotations?: Record<string, string>

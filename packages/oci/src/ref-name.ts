@@ -4,6 +4,7 @@ const COMPONENT = '[A-Za-z0-9]+(([-._:@+]|--)[A-Za-z0-9]+)*'
 /** umoci's rule for `org.opencontainers.image.ref.name` values. */
 export const REF_NAME_RE: RegExp = new RegExp(`^(${COMPONENT})(/(${COMPONENT}))*$`)
 
+/** Whether `name` may be a tag in a layout (REF_NAME_RE). */
 export function isValidRefName(name: string): boolean {
   return REF_NAME_RE.test(name)
 }

@@ -1,5 +1,5 @@
 import type { Digest } from '@stacker/core'
-import { Mutex } from './mutex.js'
+import { Mutex } from '@stacker/core'
 
 /** Per-layout-path coordination shared by every OciLayout instance on that path in this process. */
 export interface LayoutState {

@@ -11,6 +11,7 @@ export interface Descriptor {
   artifactType?: string
 }
 
+/** What an image runs on (image-spec `platform`), in Go's GOOS/GOARCH names. */
 export interface Platform {
   architecture: string
   os: string
@@ -19,6 +20,7 @@ export interface Platform {
   'os.features'?: string[]
 }
 
+/** An image manifest (image-spec `application/vnd.oci.image.manifest.v1+json`). */
 export interface Manifest {
   schemaVersion: 2
   mediaType?: string
@@ -29,6 +31,7 @@ export interface Manifest {
   subject?: Descriptor
 }
 
+/** An image index: index.json of a layout, or a multi-platform image. */
 export interface ImageIndex {
   schemaVersion: 2
   mediaType?: string
@@ -38,6 +41,7 @@ export interface ImageIndex {
   subject?: Descriptor
 }
 
+/** An image configuration (image-spec `application/vnd.oci.image.config.v1+json`). */
 export interface ImageConfig {
   created?: string
   author?: string
@@ -51,6 +55,7 @@ export interface ImageConfig {
   history?: History[]
 }
 
+/** The `config` member of an image configuration: how a container of the image is run. */
 export interface ContainerConfig {
   User?: string
   ExposedPorts?: Record<string, object>
@@ -63,6 +68,7 @@ export interface ContainerConfig {
   StopSignal?: string
 }
 
+/** One entry of an image configuration's history, oldest first. */
 export interface History {
   created?: string
   created_by?: string

@@ -78,23 +78,35 @@ describe('open', () => {
   it('does not create without create', async () => {
     const dir = join(await tempDir(), 'oci')
     const e = await rejection(OciLayout.open(dir))
-    expect(e.code).toBe('NOT_FOUND')
+    expect(e.code).toBe('OCI_LAYOUT')
+    expect(e.detail).toEqual({ path: dir, reason: 'missing' })
     await expect(stat(dir)).rejects.toThrow()
   })
 
-  it('rejects a file with upstream text', async () => {
+  it('rejects a file, saying so in its own words', async () => {
     const file = join(await tempDir(), 'oci')
     await writeFile(file, 'x')
     const e = await rejection(OciLayout.open(file, { create: true }))
     expect(e.code).toBe('OCI_LAYOUT')
-    expect(e.message).toBe(`parameter oci-dir="${file}" exists but is not a directory.`)
+    expect(e.message).toBe(`OCI layout "${file}" is not a directory`)
+    expect(e.detail).toEqual({ path: file, reason: 'not-a-directory' })
   })
 
-  it('rejects a directory without index.json with upstream text', async () => {
+  it('rejects a non-empty directory without index.json', async () => {
     const dir = await tempDir()
+    await writeFile(join(dir, 'something'), 'x')
     const e = await rejection(OciLayout.open(dir, { create: true }))
     expect(e.code).toBe('OCI_LAYOUT')
-    expect(e.message).toBe(`parameter oci-dir="${dir}" exists but does not look like an OCI Layout.`)
+    expect(e.message).toBe(`"${dir}" is not an OCI layout: it has no index.json`)
+    expect(e.detail).toEqual({ path: dir, reason: 'not-a-layout' })
+  })
+
+  it('makes a layout in an empty existing directory (as mkdtemp leaves it) with create', async () => {
+    const dir = await tempDir()
+    const layout = await OciLayout.open(dir, { create: true })
+    expect((await layout.readIndex()).manifests).toEqual([])
+    const e = await rejection(OciLayout.open(await tempDir()))
+    expect(e.detail).toEqual(expect.objectContaining({ reason: 'not-a-layout' }))
   })
 })
 

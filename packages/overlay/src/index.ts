@@ -10,3 +10,15 @@ export {
   type BuildWorkspace,
 } from './store.js'
 export { validateContentId } from './names.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'
+export { checkStorageOwner, storageMarkers } from './owner.js'

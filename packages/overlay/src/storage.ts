@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, readFile, stat, statfs } from 'node:fs/promises'
 import { release } from 'node:os'
 import { join, resolve } from 'node:path'
 import { StackerError, atomicWriteFile } from '@stacker/core'
-import { execa } from './execa.js'
+import { runTool } from '@stacker/core'
 import { removeTree, unmount } from './mounts.js'
 
 const STORAGE_TYPE = 'overlay'
@@ -102,7 +102,7 @@ async function testOverlay(rootsDir: string): Promise<void> {
   const dir = await mkdtemp(join(rootsDir, '.overlay-check-'))
   try {
     await Promise.all(['a', 'b', 'mnt'].map((d) => mkdir(join(dir, d))))
-    const m = await execa('mount', ['-t', 'overlay', 'overlay', '-o', 'userxattr,lowerdir=a:b', 'mnt'], {
+    const m = await runTool('mount', ['-t', 'overlay', 'overlay', '-o', 'userxattr,lowerdir=a:b', 'mnt'], {
       cwd: dir,
       stdin: 'ignore',
     })
@@ -113,7 +113,7 @@ async function testOverlay(rootsDir: string): Promise<void> {
 
     await refuseOverlayfs(rootsDir)
 
-    const wh = await execa('mknod', [join(dir, 'whiteout'), 'c', '0', '0'], { stdin: 'ignore' })
+    const wh = await runTool('mknod', [join(dir, 'whiteout'), 'c', '0', '0'], { stdin: 'ignore' })
     if (wh.exitCode !== 0) {
       const err = String(wh.stderr).trim()
       if (/Operation not permitted/i.test(err)) {

@@ -1,9 +1,29 @@
 import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
-import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink } from 'node:fs/promises'
+import {
+  chmod,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readFile,
+  readdir,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  symlink,
+} from 'node:fs/promises'
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
-import { type Logger, StackerError, atomicWriteFile, onCleanup, silentLogger } from '@stacker/core'
-import { execa } from './execa.js'
+import {
+  type Logger,
+  StackerError,
+  atomicWriteFile,
+  onCleanup,
+  silentLogger,
+  pathExists,
+  isDirectory,
+} from '@stacker/core'
+import { runTool } from '@stacker/core'
 import { decodeLayerName, encodeLayerName, validateContentId } from './names.js'
 import { listMounts, type Mount, removeTree, unmount, unmountAll } from './mounts.js'
 
@@ -89,8 +109,12 @@ export class OverlayStore {
     for (const d of ['content', 'layers', 'build', 'tmp']) await mkdir(store.#path(d), { recursive: true })
     // Build mounts of a killed process on `<name>/rootfs` views. Opened images under content/ are
     // left to whoever opens them next (they show the right content).
-    const content = `${store.#path('content')}/`
-    for (const mp of (await listMounts(store.rootsDir)).reverse()) if (!mp.startsWith(content)) await unmount(mp)
+    // The roots dir may itself be a mount (a bind-mounted CI sandbox): only what is below it goes.
+    // mountinfo has real paths, hence realpath.
+    const base = await realpath(store.rootsDir)
+    const content = join(base, STORE_DIR, 'content')
+    for (const mp of (await listMounts(base)).reverse())
+      if (mp.startsWith(`${base}/`) && !mp.startsWith(`${content}/`)) await unmount(mp)
     for (const area of ['tmp', 'build']) {
       const dir = store.#path(area)
       const stale = await readdir(dir)
@@ -111,9 +135,9 @@ export class OverlayStore {
   }
 
   async #dropOldLayout(): Promise<void> {
-    if (await exists(this.#path())) return
+    if (await pathExists(this.#path())) return
     const found: string[] = []
-    for (const d of OLD_LAYOUT) if (await isDir(join(this.rootsDir, d))) found.push(d)
+    for (const d of OLD_LAYOUT) if (await isDirectory(join(this.rootsDir, d))) found.push(d)
     if (found.length !== OLD_LAYOUT.length) return
     this.#logger.info(`removing layer storage of an older version from ${this.rootsDir}`)
     for (const d of OLD_LAYOUT) await removeTree(join(this.rootsDir, d))
@@ -147,7 +171,7 @@ export class OverlayStore {
     const pending = this.#fills.get(id)
     if (pending) return pending
     const p = (async () => {
-      if (await isDir(dest)) return dest
+      if (await isDirectory(dest)) return dest
       const staging = await mkdtemp(join(this.#tmp, 'c-'))
       const unregister = onCleanup(() => removeTree(staging))
       try {
@@ -173,7 +197,7 @@ export class OverlayStore {
   async adoptContent(id: string, dir: string): Promise<string> {
     const dest = this.contentPath(id)
     await this.#fills.get(id)?.catch(() => {})
-    if (await isDir(dest)) {
+    if (await isDirectory(dest)) {
       await removeTree(dir)
       return dest
     }
@@ -264,7 +288,7 @@ export class OverlayStore {
     try {
       const lowers = this.#resolveLowers(opts.lower, ids)
       for (const dir of lowers) {
-        if (!(await isDir(dir))) throw new StackerError('MOUNT', `layer content ${dir} is missing`)
+        if (!(await isDirectory(dir))) throw new StackerError('MOUNT', `layer content ${dir} is missing`)
       }
       if ((opts.upper === undefined) !== (opts.work === undefined)) {
         throw new StackerError('INTERNAL', 'an overlay mount needs both upper and work, or neither')
@@ -287,7 +311,7 @@ export class OverlayStore {
         await symlink(resolve(opts.work), join(linkDir, 'w'))
         options.push('upperdir=u', 'workdir=w')
       }
-      const r = await execa('mount', ['-t', 'overlay', 'overlay', '-o', options.join(','), target], {
+      const r = await runTool('mount', ['-t', 'overlay', 'overlay', '-o', options.join(','), target], {
         cwd: linkDir,
         stdin: 'ignore',
       })
@@ -361,7 +385,7 @@ export class OverlayStore {
    *  layer's `<name>/rootfs` view when the name can have one. */
   async prepareBuild(name: string): Promise<BuildWorkspace> {
     const root = this.#path('build', encodeLayerName(name))
-    if (await exists(root)) {
+    if (await pathExists(root)) {
       this.#logger.debug(`removing leftovers of an earlier build of ${name}`)
       await removeTree(root)
     }
@@ -398,7 +422,7 @@ export class OverlayStore {
   async setLayerView(name: string, ownContent: string | undefined): Promise<void> {
     const dir = this.#viewDir(name)
     if (dir === undefined) return
-    if (!(await isDir(join(dir, 'rootfs')))) await mkdir(join(dir, 'rootfs'), { recursive: true })
+    if (!(await isDirectory(join(dir, 'rootfs')))) await mkdir(join(dir, 'rootfs'), { recursive: true })
     if (ownContent === undefined) {
       const overlay = join(dir, 'overlay')
       const st = await lstat(overlay).catch(() => undefined)
@@ -453,7 +477,17 @@ export class OverlayStore {
       removed.push(id)
     }
     if (removed.length > 0) this.#logger.debug(`removed ${removed.length} unused content dirs`)
+    await this.#pruneBlobViews()
     return removed
+  }
+
+  /** Removes `sha256_<hex>` views whose content is gone. */
+  async #pruneBlobViews(): Promise<void> {
+    for (const name of await readdir(this.rootsDir)) {
+      if (!/^sha256_[0-9a-f]{64}$/.test(name)) continue
+      if (await isDirectory(join(this.rootsDir, name, 'overlay'))) continue
+      await rm(join(this.rootsDir, name), { recursive: true, force: true })
+    }
   }
 }
 
@@ -491,21 +525,4 @@ async function readStoredName(file: string): Promise<string | undefined> {
 
 async function readlinkOrUndefined(path: string): Promise<string | undefined> {
   return readlink(path).catch(() => undefined)
-}
-
-async function isDir(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isDirectory()
-  } catch {
-    return false
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path)
-    return true
-  } catch {
-    return false
-  }
 }

@@ -1,5 +1,7 @@
 import { lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
 import { join } from 'node:path'
+import { execa } from 'execa'
 import { getAttribute, setAttribute } from '@napi-rs/xattr'
 import { memoryLogger } from '@stacker/core'
 import { OVERLAY_OPAQUE_XATTR } from '@stacker/layers'
@@ -140,6 +142,15 @@ describe.runIf(isRoot)('OverlayStore content and records', () => {
     }
     expect(await store.gcContent(new Set(['keep_1']))).toEqual(['busy_1'])
     expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
+  })
+
+  it('removes blob views of collected content and keeps the others', async () => {
+    for (const id of ['keep_1', 'drop_1']) await store.ensureContent(id, (d) => writeFiles(d, { [id]: id }))
+    await store.setBlobView(`sha256:${'a'.repeat(64)}`, 'keep_1')
+    await store.setBlobView(`sha256:${'b'.repeat(64)}`, 'drop_1')
+    await store.gcContent(new Set(['keep_1']))
+    const views = (await readdir(store.rootsDir)).filter((n) => n.startsWith('sha256_'))
+    expect(views).toEqual([`sha256_${'a'.repeat(64)}`])
   })
 })
 
@@ -348,5 +359,63 @@ describe.runIf(isRoot)('OverlayStore mounts', () => {
     expect(await listMounts(dir)).toEqual([])
     expect(await readdir(join(store.rootsDir, STORE_DIR, 'tmp'))).toEqual([])
     expect(await readFile(join(store.contentPath('l0'), 'c.txt'), 'utf8')).toBe('c0')
+  })
+
+  it('keeps a roots dir that is itself a mount (a bind-mounted sandbox) and its content', async () => {
+    const real = join(dir, 'real-roots')
+    const aliased = join(dir, 'aliased')
+    await mkdir(real)
+    await mkdir(aliased)
+    await execa('mount', ['--bind', real, aliased])
+    try {
+      const s1 = await OverlayStore.open(aliased)
+      await s1.ensureContent('kept', async (d) => writeFile(join(d, 'f'), 'x'))
+      const again = await OverlayStore.open(aliased)
+      expect(await listMounts(aliased)).toEqual([aliased])
+      expect(await readFile(join(again.contentPath('kept'), 'f'), 'utf8')).toBe('x')
+      expect(await readdir(join(real, STORE_DIR))).toContain('tmp')
+    } finally {
+      await execa('umount', [aliased], { reject: false })
+    }
+  })
+
+  it('lists no mount hidden under a later mount, and opening a store there succeeds', async () => {
+    const a = join(dir, 'a')
+    const other = join(dir, 'other')
+    await mkdir(join(a, 'layer', 'rootfs'), { recursive: true })
+    await mkdir(other)
+    await execa('mount', ['-t', 'tmpfs', 'tmpfs', join(a, 'layer', 'rootfs')])
+    try {
+      expect(await listMounts(a)).toEqual([join(a, 'layer', 'rootfs')])
+      await execa('mount', ['--bind', other, a])
+      try {
+        // The tmpfs is still in mountinfo, but no path leads to it any more.
+        expect(await listMounts(a)).toEqual([a])
+        const s2 = await OverlayStore.open(a)
+        const ws = await s2.prepareBuild('layer')
+        expect(ws.rootfs).toBe(join(a, 'layer', 'rootfs'))
+      } finally {
+        await execa('umount', [a], { reject: false })
+      }
+    } finally {
+      await execa('umount', [join(a, 'layer', 'rootfs')], { reject: false })
+    }
+  })
+
+  it('gives each layer views: its own content at <name>/overlay, an empty <name>/rootfs', async () => {
+    await store.ensureContent('own1', async (d) => writeFile(join(d, 'f'), '1'))
+    await store.ensureContent('own2', async (d) => writeFile(join(d, 'f'), '2'))
+    await store.setLayerView('app', 'own1')
+    expect(await readFile(join(store.rootsDir, 'app', 'overlay', 'f'), 'utf8')).toBe('1')
+    await store.setLayerView('app', 'own2')
+    expect(await readFile(join(store.rootsDir, 'app', 'overlay', 'f'), 'utf8')).toBe('2')
+    await store.setLayerView('app', undefined)
+    expect(await readdir(join(store.rootsDir, 'app', 'overlay'))).toEqual([])
+    expect(await readdir(join(store.rootsDir, 'app', 'rootfs'))).toEqual([])
+    // Names that would leave the roots dir or reach into the store get none.
+    for (const bad of ['../x', '.store', 'a/../../b']) await store.setLayerView(bad, 'own1')
+    expect(existsSync(join(dir, 'x'))).toBe(false)
+    await store.setBlobView(`sha256:${'ab'.repeat(32)}`, 'own2')
+    expect(await readFile(join(store.rootsDir, `sha256_${'ab'.repeat(32)}`, 'overlay', 'f'), 'utf8')).toBe('2')
   })
 })

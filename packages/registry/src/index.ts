@@ -31,3 +31,14 @@ export {
   type CopyImageOptions,
   type TransportRef,
 } from './copy.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type {
+  Digest,
+  LogFields,
+  Logger,
+  LogLevel,
+  SourcePos,
+  StackerErrorCode,
+  StackerErrorDetail,
+} from '@stacker/core'

@@ -5,8 +5,7 @@ import { type FileHandle, access, mkdir, mkdtemp, open, readFile, rm, stat, writ
 import { constants as osConstants } from 'node:os'
 import { delimiter, join, posix, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
-import { type Logger, StackerError, onCleanup, silentLogger } from '@stacker/core'
-import { execa } from './execa.js'
+import { type Logger, StackerError, onCleanup, runningInUserNamespace, runTool, silentLogger } from '@stacker/core'
 import type { BindMount } from './bind.js'
 import { execHelper } from './exec-helper.js'
 import { MountPoints, pathExists, removeStackerDir, resolveInRoot } from './mount-points.js'
@@ -123,6 +122,7 @@ export async function runContainer(opts: RunOptions): Promise<RunResult> {
       nofile: await nofileLimit(),
       capabilities: await grantableCapabilities(logger),
       extraMounts,
+      inUserNamespace: runningInUserNamespace(),
     })
     await writeFile(join(bundle, 'config.json'), JSON.stringify(spec, null, 2))
     throwIfAborted(opts.signal)
@@ -205,7 +205,17 @@ class ContainerControl {
 
   async run(a: RunArgs): Promise<RunResult> {
     const log = join(a.bundle, 'runc.log')
-    const argv = ['--root', this.stateDir, '--log', log, '--log-format', 'json', 'run', '--bundle', a.bundle, this.id]
+    const argv = [
+      ...runcGlobals(this.stateDir),
+      '--log',
+      log,
+      '--log-format',
+      'json',
+      'run',
+      '--bundle',
+      a.bundle,
+      this.id,
+    ]
     this.exited = false
     if (a.helperFd !== undefined) argv.splice(argv.length - 1, 0, '--preserve-fds', '1')
     // In the foreground runc copies the container's stdout and stderr through pipes of its own;
@@ -293,8 +303,15 @@ class ContainerControl {
   }
 
   private runcCmd(args: string[]) {
-    return execa(this.runc, ['--root', this.stateDir, ...args], { stdin: 'ignore' })
+    return runTool(this.runc, [...runcGlobals(this.stateDir), ...args], { stdin: 'ignore' })
   }
+}
+
+/** runc's global flags for a state dir. In a user namespace (an unprivileged build) runc is told
+ *  it is rootless, which it would otherwise guess: it then creates cgroups only where it may and
+ *  leaves device rules to the namespace. */
+export function runcGlobals(stateDir: string): string[] {
+  return ['--root', stateDir, ...(runningInUserNamespace() ? ['--rootless', 'true'] : [])]
 }
 
 /** runc's own error, if it logged one: the container never ran (bad spec, exec failure). */

@@ -102,6 +102,8 @@ export interface SpecInput {
   extraMounts: readonly SpecMount[]
   /** Granted capabilities (BUILD_CAPABILITIES limited to what this process can hand on). */
   capabilities: readonly string[]
+  /** This process runs in a user namespace of its own (an unprivileged build): see sysfsMount. */
+  inUserNamespace?: boolean
 }
 
 /** Destinations of the mounts every build container gets; their mount points are part of the rootfs. */
@@ -109,6 +111,18 @@ export const STANDARD_MOUNT_POINTS: readonly string[] = Object.freeze(['/proc', 
 
 export function bindMount(source: string, dest: string, readonly: boolean): SpecMount {
   return { destination: dest, type: 'bind', source, options: ['rbind', readonly ? 'ro' : 'rw'] }
+}
+
+/** A fresh read-only sysfs rather than upstream's rw rbind of the host /sys: the host's cgroup tree
+ *  and device attributes stay out of reach of a build script. In a user namespace the kernel
+ *  mounts sysfs only for the owner of the network namespace, and builds share the host's network:
+ *  there the host's /sys is bound read-only, as rootless runtimes do; what it shows is what the
+ *  user can see anyway. */
+function sysfsMount(inUserNamespace: boolean): SpecMount {
+  const options = ['nosuid', 'noexec', 'nodev', 'ro']
+  return inUserNamespace
+    ? { destination: '/sys', type: 'bind', source: '/sys', options: ['rbind', ...options] }
+    : { destination: '/sys', type: 'sysfs', source: 'sysfs', options }
 }
 
 export function buildSpec(input: SpecInput): Record<string, unknown> {
@@ -146,9 +160,7 @@ export function buildSpec(input: SpecInput): Record<string, unknown> {
       // No size limit, as LXC's /dev/shm: builds (python multiprocessing, compilers) use it freely.
       { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'nodev', 'mode=1777'] },
       { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
-      // A fresh read-only sysfs rather than upstream's rw rbind of the host /sys: the host's
-      // cgroup tree and device attributes stay out of reach of a build script.
-      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+      sysfsMount(input.inUserNamespace === true),
       ...input.extraMounts,
     ],
     linux: {

@@ -1,7 +1,8 @@
 import { readdir, rm } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { type Logger, silentLogger } from '@stacker/core'
-import { execa } from './execa.js'
+import { runTool } from '@stacker/core'
+import { runcGlobals } from './run.js'
 
 const BUNDLE_PREFIX = 'bundle-'
 
@@ -23,7 +24,7 @@ export async function removeStaleContainers(stateDir: string, opts: { logger?: L
   } catch {
     return []
   }
-  const runc = (args: string[]) => execa('runc', ['--root', root, ...args], { stdin: 'ignore' })
+  const runc = (args: string[]) => runTool('runc', [...runcGlobals(root), ...args], { stdin: 'ignore' })
   const removed: string[] = []
   for (const id of entries.filter((e) => !e.startsWith(BUNDLE_PREFIX)).sort()) {
     // `delete --force` kills a running container first; a state dir runc cannot load is removed by hand.

@@ -10,9 +10,11 @@ export type {
   Stackerfile,
   StackerfileSet,
 } from './model.js'
-export { buildSubstitutions, substitute, type Dirs } from './substitute.js'
+export { type BuildSubstitutionsOptions, buildSubstitutions, substitute, type Dirs } from './substitute.js'
 export { loadStackerfile, loadStackerfiles } from './load.js'
 export { layerBuildOrder, orderLines } from './order.js'
+export { parseStackerfile, stackerfileSet, type ParseStackerfileOptions, type ParsedText } from './text.js'
+export { layerDependencies, parseSource, type SourceRef } from './source.js'
 export { hostGoArch, hostGoOs, layerDefinition, renderRunScript } from './layer.js'
 export { splitShellWords } from './shlex.js'
 export { DEFAULT_STACKERFILE_PATTERN, findStackerfiles } from './find.js'
@@ -23,3 +25,6 @@ export {
   type ParsedStackerfile,
   type ParseOptions,
 } from './parse.js'
+// The core types this package's API takes and throws, so a user needs no second import.
+export { isStackerError, StackerError } from '@stacker/core'
+export type { Digest, LogFields, Logger, LogLevel, StackerErrorCode, StackerErrorDetail } from '@stacker/core'

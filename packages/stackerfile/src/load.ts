@@ -135,7 +135,9 @@ function fileBuildOrder(files: ReadonlyMap<string, Stackerfile>): Stackerfile[] 
       // Loading rejects prerequisite cycles, so this only guards the invariant.
       const [dependent, deps] = [...pending].sort(([a], [b]) => (a < b ? -1 : 1))[0]!
       const prereq = [...deps].sort()[0]!
-      throw new StackerError('DEPENDENCY', `edge from ${prereq} to ${dependent} makes a cycle`)
+      throw new StackerError('DEPENDENCY', `edge from ${prereq} to ${dependent} makes a cycle`, {
+        detail: { missing: [] },
+      })
     }
     pending.delete(next)
     for (const deps of pending.values()) deps.delete(next)

@@ -1,24 +1,31 @@
 import type { Logger, SourcePos } from '@stacker/core'
+import type { SourceRef } from './source.js'
 
 export type { SourcePos }
 
+/** Options of loadStackerfile and loadStackerfiles. */
 export interface LoadOptions {
   /** Ordered `KEY=VALUE` list (see buildSubstitutions). */
   substitutions: readonly string[]
   /** `--require-hash`: every http(s) entry of `imports` needs a `hash`. */
   requireHash?: boolean
+  /** Receives warnings (legacy `import:`, `bom:`, repeated keys) and debug lines. Default: dropped. */
   logger?: Logger
   /** Defaults for layers without `os`/`arch`: `linux` and the Go name of the host architecture. */
   os?: string
+  /** See `os`. */
   arch?: string
 }
 
+/** The `from.type` values upstream stacker knows. */
 export type SourceType = 'docker' | 'oci' | 'tar' | 'built' | 'scratch'
 
 /** `from:`. `type` is kept as written ('' when missing); the builder rejects unknown types. */
 export interface ImageSource {
   type: string
   url?: string
+  /** `url` parsed (see parseSource), when there is one. */
+  source?: SourceRef
   tag?: string
   insecure: boolean
   pos: SourcePos
@@ -27,6 +34,8 @@ export interface ImageSource {
 /** One `imports` entry. `path` is absolute (or a `scheme://` URL, left alone); a trailing `/` is kept. */
 export interface ImportSpec {
   path: string
+  /** `path` parsed: a local path, http(s), `stacker://<layer>/<path>`, or an unsupported scheme. */
+  source: SourceRef
   /** sha256 hex, lower-cased, no `sha256:` prefix. Format-checked at parse time. */
   hash?: string
   /** Absolute path in the image. */
@@ -37,6 +46,7 @@ export interface ImportSpec {
   pos: SourcePos
 }
 
+/** One `overlay_dirs` entry: a host directory laid over the image at `dest`. */
 export interface OverlayDir {
   /** Absolute path on the host. */
   source: string
@@ -45,6 +55,7 @@ export interface OverlayDir {
   pos: SourcePos
 }
 
+/** One `binds` entry: a host path mounted read-write while the layer's `run` runs. */
 export interface Bind {
   /** Absolute host path. */
   source: string
@@ -53,6 +64,7 @@ export interface Bind {
   pos: SourcePos
 }
 
+/** One layer of a stackerfile, validated, with absolute host paths and the position of each part. */
 export interface Layer {
   name: string
   /** Absolute path or URL of its stackerfile. */
@@ -87,6 +99,7 @@ export interface Layer {
   wasBom: boolean
 }
 
+/** One parsed stacker.yaml. */
 export interface Stackerfile {
   /** Absolute path, or the URL it was fetched from. */
   path: string
@@ -101,10 +114,12 @@ export interface Stackerfile {
   fileOrder: string[]
 }
 
+/** Stackerfiles loaded together (the given ones and their prerequisites), in build order. */
 export interface StackerfileSet {
   /** Every loaded file (given ones and their transitive prerequisites), keyed by path. */
   files: ReadonlyMap<string, Stackerfile>
   /** Prerequisites before dependents; ties broken by path order. */
   order: Stackerfile[]
+  /** The layer of that name in any of the files. */
   findLayer(name: string): Layer | undefined
 }

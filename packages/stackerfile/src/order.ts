@@ -1,6 +1,5 @@
-import { type Logger, StackerError } from '@stacker/core'
+import { type Logger, silentLogger, StackerError } from '@stacker/core'
 import type { Layer, Stackerfile, StackerfileSet } from './model.js'
-import { urlHost, urlScheme } from './util.js'
 
 /** The `--order-only` lines: `%d build %s: requires: [%s]`, 0-based like upstream (scripts match
  *  `0 build .../sub1/stacker.yaml`), prerequisites space-separated. */
@@ -12,13 +11,11 @@ export function orderLines(set: StackerfileSet): string[] {
  *  an unprocessed `built` base. */
 function missingDeps(layer: Layer, processed: ReadonlySet<string>): string[] {
   const missing: string[] = []
-  for (const imp of layer.imports) {
-    if (urlScheme(imp.path) === 'stacker' && !processed.has(urlHost(imp.path))) missing.push(imp.path)
-  }
+  for (const imp of layer.imports)
+    if (imp.source.kind === 'stacker' && !processed.has(imp.source.layer)) missing.push(imp.path)
   const from = layer.from
-  if (from?.type === 'tar' && from.url !== undefined && urlScheme(from.url) === 'stacker') {
-    if (!processed.has(urlHost(from.url))) missing.push(from.url)
-  }
+  if (from?.type === 'tar' && from.url !== undefined && from.source?.kind === 'stacker')
+    if (!processed.has(from.source.layer)) missing.push(from.url)
   if (from?.type === 'built' && !processed.has(from.tag ?? '')) missing.push(`base layer ${from.tag ?? ''}`)
   return missing
 }
@@ -29,7 +26,7 @@ function missingDeps(layer: Layer, processed: ReadonlySet<string>): string[] {
  * order, so independent layers keep file order. Unresolvable layers are logged as
  * `couldn't find dependencies for <layer>: <items>` and then DEPENDENCY is thrown.
  */
-export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: Logger): Layer[] {
+export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: Logger = silentLogger): Layer[] {
   const processed = new Set<string>()
   const seen = new Set<string>([file.path])
   const addPrerequisites = (sf: Stackerfile): void => {
@@ -37,7 +34,8 @@ export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: 
       if (seen.has(pre)) continue
       seen.add(pre)
       const dep = set.files.get(pre)
-      if (!dep) throw new StackerError('DEPENDENCY', `couldn't find prerequisite ${pre}`)
+      if (!dep)
+        throw new StackerError('DEPENDENCY', `couldn't find prerequisite ${pre}`, { detail: { missing: [pre] } })
       for (const name of dep.fileOrder) processed.add(name)
       addPrerequisites(dep)
     }
@@ -62,12 +60,18 @@ export function layerBuildOrder(set: StackerfileSet, file: Stackerfile, logger: 
   }
   if (order.length !== layers.length) {
     let first: Layer | undefined
+    const missing: string[] = []
     for (const layer of layers) {
       if (processed.has(layer.name)) continue
       first ??= layer
-      logger.error(`couldn't find dependencies for ${layer.name}: ${missingDeps(layer, processed).join(', ')}`)
+      const deps = missingDeps(layer, processed)
+      for (const d of deps) if (!missing.includes(d)) missing.push(d)
+      logger.error(`couldn't find dependencies for ${layer.name}: ${deps.join(', ')}`)
     }
-    throw new StackerError('DEPENDENCY', "couldn't resolve some dependencies", first ? { pos: first.pos } : {})
+    throw new StackerError('DEPENDENCY', "couldn't resolve some dependencies", {
+      ...(first ? { pos: first.pos } : {}),
+      detail: { missing },
+    })
   }
   return order
 }

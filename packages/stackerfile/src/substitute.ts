@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { type Logger, type SourcePos, StackerError } from '@stacker/core'
+import { type Logger, silentLogger, type SourcePos, StackerError } from '@stacker/core'
 import { isMap, isScalar } from 'yaml'
 import { goQuote } from './go-format.js'
 import { lineCol, parseYaml } from './yaml-doc.js'
@@ -7,10 +7,24 @@ import { goIoError, scalarString } from './util.js'
 
 /** The storage directories, as the CLI resolved them. */
 export interface Dirs {
+  /** `--roots-dir`: STACKER_ROOTFS_DIR. */
   rootsDir: string
+  /** `--stacker-dir`: STACKER_STACKER_DIR. */
   stackerDir: string
+  /** `--oci-dir`: STACKER_OCI_DIR. */
   ociDir: string
+  /** `--work-dir`: STACKER_WORK_DIR. */
   workDir: string
+}
+
+/** Options of buildSubstitutions: the CLI's substitution flags. */
+export interface BuildSubstitutionsOptions {
+  /** `--substitute` values, `KEY=VALUE`, in command-line order. */
+  substitute: readonly string[]
+  /** `--substitute-file`: a YAML map of scalars. */
+  substituteFile?: string
+  /** Adds the STACKER_*_DIR entries when given. */
+  dirs?: Dirs
 }
 
 /**
@@ -19,11 +33,7 @@ export interface Dirs {
  * STACKER_ROOTFS_DIR, STACKER_STACKER_DIR, STACKER_OCI_DIR and STACKER_WORK_DIR.
  * Reads the substitute file; throws SUBSTITUTION when it can't be read or isn't a map of scalars.
  */
-export async function buildSubstitutions(opts: {
-  substitute: readonly string[]
-  substituteFile?: string
-  dirs: Dirs
-}): Promise<string[]> {
+export async function buildSubstitutions(opts: BuildSubstitutionsOptions): Promise<string[]> {
   const out = [...opts.substitute]
   if (opts.substituteFile !== undefined && opts.substituteFile !== '') {
     const file = opts.substituteFile
@@ -43,12 +53,13 @@ export async function buildSubstitutions(opts: {
     const fromFile = parseSubstituteFile(raw, file)
     for (const [k, v] of fromFile) if (!given.has(k)) out.push(`${k}=${v}`)
   }
-  out.push(
-    `STACKER_ROOTFS_DIR=${opts.dirs.rootsDir}`,
-    `STACKER_STACKER_DIR=${opts.dirs.stackerDir}`,
-    `STACKER_OCI_DIR=${opts.dirs.ociDir}`,
-    `STACKER_WORK_DIR=${opts.dirs.workDir}`,
-  )
+  if (opts.dirs)
+    out.push(
+      `STACKER_ROOTFS_DIR=${opts.dirs.rootsDir}`,
+      `STACKER_STACKER_DIR=${opts.dirs.stackerDir}`,
+      `STACKER_OCI_DIR=${opts.dirs.ociDir}`,
+      `STACKER_WORK_DIR=${opts.dirs.workDir}`,
+    )
   return out
 }
 
@@ -101,7 +112,7 @@ function escapeRegExp(s: string): string {
 export function substitute(
   text: string,
   subs: readonly string[],
-  logger: Logger,
+  logger: Logger = silentLogger,
   opts: { file?: string } = {},
 ): string {
   const posOf = (needle: string, fallback: number): SourcePos | undefined => {
@@ -113,7 +124,7 @@ export function substitute(
   const errOpts = (pos: SourcePos | undefined) => (pos ? { pos } : {})
 
   let content = text
-  const unsupported: Array<{ msg: string; pos: SourcePos | undefined }> = []
+  const unsupported: Array<{ key: string; found: string; msg: string; pos: SourcePos | undefined }> = []
   const usage: number[] = []
   for (const sub of subs) {
     const eq = sub.indexOf('=')
@@ -125,6 +136,8 @@ export function substitute(
       const at = content.indexOf(placeholder)
       if (at >= 0) {
         unsupported.push({
+          key,
+          found: placeholder,
           msg: unsupportedMessage(sub, placeholder, `"\${{${key}}}"`),
           pos: posOf(placeholder, at),
         })
@@ -133,6 +146,8 @@ export function substitute(
     const bad = new RegExp(`\\$\\{${escapeRegExp(key)}(:[^}]*)?\\}`, 'g')
     for (const m of content.matchAll(bad)) {
       unsupported.push({
+        key,
+        found: m[0],
         msg: unsupportedMessage(sub, m[0], `"\${{${m[0].slice(2)}}"`),
         pos: posOf(m[0], m.index ?? 0),
       })
@@ -153,10 +168,14 @@ export function substitute(
 
   if (unsupported.length > 0) {
     for (const u of unsupported) logger.error(u.msg)
+    const found = [...new Set(unsupported.map((u) => u.found))]
     throw new StackerError(
       'SUBSTITUTION',
-      `${unsupported.length} instances of unsupported placeholders found. Review log for how to update.`,
-      errOpts(unsupported[0]!.pos),
+      `${unsupported.length} instances of unsupported placeholders found: ${found.join(', ')} (write \${{NAME}} to use a substitution)`,
+      {
+        ...errOpts(unsupported[0]!.pos),
+        detail: { reason: 'unsupported-placeholder', variables: [...new Set(unsupported.map((u) => u.key))] },
+      },
     )
   }
 
@@ -165,7 +184,10 @@ export function substitute(
     const variable = m[0].slice(3, -2)
     const colon = variable.indexOf(':')
     if (colon < 0) {
-      throw new StackerError('SUBSTITUTION', `no value for substitution ${variable}`, errOpts(posOf(m[0], m.index)))
+      throw new StackerError('SUBSTITUTION', `no value for substitution ${variable}`, {
+        ...errOpts(posOf(m[0], m.index)),
+        detail: { reason: 'no-value', variables: [variable] },
+      })
     }
     content = content.slice(0, m.index) + variable.slice(colon + 1) + content.slice(m.index + m[0].length)
   }

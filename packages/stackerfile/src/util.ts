@@ -38,12 +38,3 @@ export function urlScheme(p: string): string {
   const i = p.indexOf('://')
   return i < 0 ? '' : p.slice(0, i)
 }
-
-/** The `host` part of `scheme://host/path` (everything up to the first `/`). */
-export function urlHost(p: string): string {
-  const i = p.indexOf('://')
-  if (i < 0) return ''
-  const rest = p.slice(i + 3)
-  const slash = rest.indexOf('/')
-  return slash < 0 ? rest : rest.slice(0, slash)
-}

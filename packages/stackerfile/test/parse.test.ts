@@ -147,6 +147,7 @@ describe('layer shape', () => {
     expect(l.from).toEqual({
       type: 'oci',
       url: 'rel/dir:tag',
+      source: { kind: 'local', path: 'rel/dir:tag' },
       insecure: true,
       pos: { file: '/proj/stacker.yaml', line: 3, col: 11 },
     })
@@ -251,12 +252,20 @@ describe('imports', () => {
       ].join('\n'),
     ).layer()
     expect(l.imports.map(({ pos, ...rest }) => rest)).toEqual([
-      { path: '/proj/dir/' },
-      { path: '/up' },
-      { path: '/abs/file' },
-      { path: 'stacker://other/x' },
-      { path: 'https://h/x.tgz' },
-      { path: '/proj/f', hash: HASH, dest: '/d/', mode: 0o644, uid: 1000, gid: 0 },
+      { path: '/proj/dir/', source: { kind: 'local', path: '/proj/dir/' } },
+      { path: '/up', source: { kind: 'local', path: '/up' } },
+      { path: '/abs/file', source: { kind: 'local', path: '/abs/file' } },
+      { path: 'stacker://other/x', source: { kind: 'stacker', layer: 'other', path: '/x' } },
+      { path: 'https://h/x.tgz', source: { kind: 'http', url: 'https://h/x.tgz' } },
+      {
+        path: '/proj/f',
+        source: { kind: 'local', path: '/proj/f' },
+        hash: HASH,
+        dest: '/d/',
+        mode: 0o644,
+        uid: 1000,
+        gid: 0,
+      },
     ])
     expect(l.imports[5]!.pos).toEqual({ file: '/proj/stacker.yaml', line: 9, col: 7 })
   })

@@ -69,7 +69,10 @@ describe('substitute', () => {
     }
     expect(err).toBeInstanceOf(StackerError)
     const e = err as StackerError
-    expect(e.message).toBe('4 instances of unsupported placeholders found. Review log for how to update.')
+    expect(e.message).toBe(
+      '4 instances of unsupported placeholders found: ${A}, $B, ${B:def} (write ${{NAME}} to use a substitution)',
+    )
+    expect(e.detail).toEqual({ reason: 'unsupported-placeholder', variables: ['A', 'B'] })
     expect(e.pos).toEqual({ file: '/p/s.yaml', line: 1, col: 4 })
     expect(logger.lines('error')).toEqual([
       `"A=1" was provided as a substitution and unsupported placeholder "\${A}" was found. Replace "\${A}" with "\${{A}}" to use the substitution.`,

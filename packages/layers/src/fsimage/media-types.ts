@@ -1,6 +1,7 @@
 import { StackerError } from '@stacker/core'
 import { layerKind, MediaTypes } from '@stacker/oci'
 
+/** The filesystem of an image layer. */
 export type FsImageKind = 'squashfs' | 'erofs'
 
 /** The compression named in a filesystem image's media type. */

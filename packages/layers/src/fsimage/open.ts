@@ -2,12 +2,13 @@ import { constants } from 'node:fs'
 import { access, mkdir, mkdtemp, open, readdir, readFile, realpath, rm, rmdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Logger, onCleanup, StackerError, silentLogger } from '@stacker/core'
+import { type Logger, onCleanup, runningInUserNamespace, StackerError, silentLogger } from '@stacker/core'
 import { run } from './exec.js'
 import { type FsImageKind, requireFsImageKind } from './media-types.js'
 import { fsImageDataSize } from './superblock.js'
 import { verifyVerity } from './verity.js'
 
+/** A way to make an image readable: a kernel loop mount, a squashfuse mount, or extraction. */
 export type OpenMethod = 'kmount' | 'squashfuse' | 'unsquashfs'
 
 /** Upstream's STACKER_SQUASHFS_EXTRACT_POLICY default. */
@@ -28,22 +29,30 @@ export function parseOpenPolicy(value: string): OpenMethod[] {
   return words as OpenMethod[]
 }
 
+/** An image made readable by openFsImage. */
 export interface MountedFsImage {
   /** The image's root: usable as an overlay lower dir until release(). */
   dir: string
+  /** How: `extract` when it was copied out (the policy's `unsquashfs`). */
   method: 'kmount' | 'squashfuse' | 'extract'
   /** Unmounts (kmount, squashfuse) or removes the extracted tree (extract), then removes the
    *  target dir if openFsImage created it, else leaves it empty. Idempotent; also run by core's
    *  runCleanups if the process is interrupted while the image is held. */
   release(): Promise<void>
+  /** Lets go of the image without undoing anything: an extracted tree stays as a plain directory
+   *  (a mount stays mounted), and neither release() nor runCleanups touches it any more. */
+  keep(): void
 }
 
+/** Options of openFsImage. */
 export interface OpenFsImageOptions {
+  /** The layer's media type (from its descriptor): decides squashfs or erofs. */
   mediaType: string
   /** The descriptor's verity annotation: the image is verified against it before use. */
   verityRootHash?: string
   /** Methods to try, in order. `unsquashfs` means extraction (for erofs: a kernel mount copied out). */
   policy?: readonly OpenMethod[]
+  /** Receives a debug line per method tried. Default: dropped. */
   logger?: Logger
 }
 
@@ -93,13 +102,18 @@ export async function openFsImage(blobPath: string, target: string, opts: OpenFs
     unregister()
   }
   if (created) await rmdir(dir).catch(() => {})
-  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})`, {
+  // The last method is the one of last resort: why it failed is what the user can act on.
+  const last = failures.length > 0 ? `: ${failures[failures.length - 1]}` : ''
+  throw new StackerError('MOUNT', `cannot open ${kind} layer ${blobPath} (tried ${policy.join(' ')})${last}`, {
     hint: failures.length > 0 ? failures.join('; ') : 'no method in the policy is available here',
   })
 }
 
+/** Options of extractFsImage. */
 export interface ExtractFsImageOptions {
+  /** The layer's media type (from its descriptor): decides squashfs or erofs. */
   mediaType: string
+  /** The descriptor's verity annotation: the image is verified against it first. */
   verityRootHash?: string
 }
 
@@ -130,10 +144,14 @@ async function extractInto(blobPath: string, target: string, kind: FsImageKind):
     await run('unsquashfs', ['-no-progress', '-quiet', '-d', target, blobPath], { code: 'EXTRACT' })
     return
   }
-  if (process.getuid?.() !== 0) {
-    throw new StackerError('UNSUPPORTED', `extracting erofs layer ${blobPath} needs root (a kernel mount)`, {
-      hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used',
-    })
+  if (process.getuid?.() !== 0 || runningInUserNamespace()) {
+    throw new StackerError(
+      'UNSUPPORTED',
+      `extracting erofs layer ${blobPath} needs root (a kernel mount, which the kernel refuses in a user namespace)`,
+      {
+        hint: 'fsck.erofs --extract loses xattrs and hardlinks, so it is not used; give unprivileged builds squashfs or tar bases, or build as root',
+      },
+    )
   }
   const mnt = await mkdtemp(join(tmpdir(), 'stacker-erofs-'))
   const unregister = onCleanup(() => unmount(mnt, 'kmount').finally(() => rmdir(mnt)))
@@ -164,7 +182,11 @@ async function squashfuse(blobPath: string, dir: string): Promise<void> {
 
 /** Why a method cannot be tried here, or undefined if it can. */
 async function unavailable(method: OpenMethod, kind: FsImageKind): Promise<string | undefined> {
-  if (method === 'kmount') return process.getuid?.() === 0 ? undefined : 'not root'
+  if (method === 'kmount') {
+    if (process.getuid?.() !== 0) return 'not root'
+    // squashfs and erofs are block filesystems: the kernel mounts them for the initial namespace only.
+    return runningInUserNamespace() ? 'in a user namespace' : undefined
+  }
   if (method === 'squashfuse') {
     if (kind !== 'squashfs') return `squashfuse cannot read ${kind}`
     return (await fuseWorks()) ? undefined : '/dev/fuse is not usable'
@@ -232,7 +254,11 @@ function held(
     return releasing
   }
   const unregister = onCleanup(release)
-  return { dir, method, release }
+  const keep = (): void => {
+    unregister()
+    releasing ??= Promise.resolve()
+  }
+  return { dir, method, release, keep }
 }
 
 /** Unmounts `dir` if it is a mount point; a no-op otherwise, so it can be retried. */

@@ -10,7 +10,9 @@ import { findLongName, stripOverlayXattrs, supportsXattrs } from './scan.js'
 import { zeroErofsBuildTime } from './superblock.js'
 import { appendVerity } from './verity.js'
 
+/** Options of writeFsImage. */
 export interface FsImageOptions {
+  /** The filesystem to write. */
   kind: FsImageKind
   /** Append a dm-verity hash tree and report its root hash (upstream's default). */
   verity: boolean
@@ -24,14 +26,19 @@ export interface FsImageOptions {
   compressionLevel?: number
   /** Build an image of an empty root when `dir` is empty, instead of nothing. */
   allowEmpty?: boolean
+  /** Receives the tools' debug lines. Default: dropped. */
   logger?: Logger
 }
 
+/** An image writeFsImage made. */
 export interface FsImageResult {
   /** The finished image (with verity appended), in outDir. The caller owns it: rename or remove it. */
   file: string
+  /** The layer media type for its descriptor (see fsImageMediaType). */
   mediaType: string
+  /** Size of `file` in bytes, verity data included. */
   size: number
+  /** The dm-verity root hash (hex), with `verity: true`. */
   verityRootHash?: string
   /** Where the verity data starts (the filesystem size rounded up to 4096). */
   verityHashOffset?: number

@@ -26,7 +26,7 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { createGunzip } from 'node:zlib'
 import { setAttributeSync } from '@napi-rs/xattr'
-import { type Logger, silentLogger, StackerError } from '@stacker/core'
+import { type Logger, runningInUserNamespace, silentLogger, StackerError } from '@stacker/core'
 import { readTar, type TarEntry } from './reader.js'
 import {
   isOverlayXattr,
@@ -45,12 +45,15 @@ import { sniffCompression, throughProgram, throughTransform, toChunks } from './
  *  - `keep`: write them as the plain empty files they are in the tar. */
 export type WhiteoutMode = 'overlay' | 'apply' | 'keep'
 
+/** Options of extractTarLayer. */
 export interface ExtractOptions {
+  /** What to make of the layer's whiteouts (see WhiteoutMode). */
   whiteouts: WhiteoutMode
   /** Default `auto`: gzip and zstd are recognised by their magic bytes. */
   compression?: 'auto' | 'gzip' | 'zstd' | 'none'
   /** Names the layer in error messages, e.g. its digest. */
   sourceDescription?: string
+  /** Receives warnings (non-UTF-8 names) and debug lines. Default: dropped. */
   logger?: Logger
   /** Called with the running count of input (possibly compressed) bytes consumed. */
   onProgress?: (bytes: number) => void
@@ -59,6 +62,7 @@ export interface ExtractOptions {
   signal?: AbortSignal
 }
 
+/** A layer's bytes (compressed or not): chunks, or a readable stream such as OciLayout.openBlob's. */
 export type LayerInput = AsyncIterable<Uint8Array> | Iterable<Uint8Array> | NodeJS.ReadableStream
 
 const MAX_SYMLINK_HOPS = 255
@@ -102,6 +106,20 @@ function lstatOrNull(path: string): Stats | null {
 
 /** A hostile or unusable entry: the message is what the user sees, prefixed by the layer. */
 class EntryError extends Error {}
+
+/** Gives `path` (or `fd`, `path` opened without following it) the entry's owner. In a user
+ *  namespace only the ids it maps can own files (the kernel answers EINVAL for the others). */
+function chown(path: string, e: TarEntry, fd?: number): void {
+  try {
+    if (fd === undefined) lchownSync(path, e.uid, e.gid)
+    else fchownSync(fd, e.uid, e.gid)
+  } catch (err) {
+    if (errno(err) !== 'EINVAL' || !runningInUserNamespace()) throw err
+    throw new EntryError(
+      `owner ${e.uid}:${e.gid} is outside the ids this user namespace maps (an unprivileged build maps 0-65535): build as root, or use a base whose files have ids below 65536`,
+    )
+  }
+}
 
 function splitName(name: string): string[] {
   return name.split('/').filter((c) => c !== '' && c !== '.')
@@ -255,7 +273,17 @@ class Extractor {
       return
     }
     if (e.type === 'symlink') symlinkSync(e.linkname, path)
-    else await mknod(path, e.type, e.mode, e.devmajor, e.devminor)
+    else if (e.type !== 'fifo' && runningInUserNamespace()) {
+      // The kernel lets a user namespace make no device but a whiteout; an empty file stands in
+      // for it, as upstream's rootless extraction does, so the rest of the image stays usable.
+      this.#logger.warn(
+        `creating an empty file in place of ${e.type} device ${e.devmajor}:${e.devminor} ${JSON.stringify(e.name)}: an unprivileged build cannot make devices`,
+      )
+      closeSync(openSync(path, FILE_FLAGS, 0o600))
+      this.#noteCreated(rel)
+      this.#metadata(path, e, 'file')
+      return
+    } else await mknod(path, e.type, e.mode, e.devmajor, e.devminor)
     this.#noteCreated(rel)
     this.#metadata(path, e, e.type)
   }
@@ -313,7 +341,7 @@ class Extractor {
     const existing = lstatOrNull(path)
     if (existing) this.#remove(path, existing)
     await mknod(path, 'char', 0, 0, 0)
-    lchownSync(path, e.uid, e.gid)
+    chown(path, e)
     lutimesSync(path, e.mtime, e.mtime)
   }
 
@@ -331,8 +359,7 @@ class Extractor {
 
   /** `fd`, when given, is `path` opened without following it; the calls that can use it do. */
   #metadata(path: string, e: TarEntry, type: TarEntry['type'], fd?: number): void {
-    if (fd === undefined) lchownSync(path, e.uid, e.gid)
-    else fchownSync(fd, e.uid, e.gid)
+    chown(path, e, fd)
     if (type === 'symlink') {
       lutimesSync(path, e.mtime, e.mtime)
       return
@@ -432,13 +459,21 @@ export async function extractTarLayer(
   }
 }
 
+/** Options of unpackImageLayers. */
+export interface UnpackImageLayersOptions {
+  /** Receives each layer's warnings and debug lines. Default: dropped. */
+  logger?: Logger
+  /** Names layer `index` (0-based) in error messages; default `layer <n>/<count>`. */
+  describe?: (index: number) => string
+}
+
 /** Applies image layers in order onto `targetDir` (`apply` whiteouts), e.g. to flatten an image
  *  into one rootfs. Each factory is called when its turn comes, so only one layer is open at a
  *  time. */
 export async function unpackImageLayers(
   layers: ReadonlyArray<() => LayerInput>,
   targetDir: string,
-  opts: { logger?: Logger; describe?: (index: number) => string } = {},
+  opts: UnpackImageLayersOptions = {},
 ): Promise<{ entries: number }> {
   let entries = 0
   for (const [i, open] of layers.entries()) {

@@ -3,6 +3,6 @@ export { GZIP_BLOCK_SIZE, GZIP_DEFAULT_LEVEL, GZIP_WRITER_ID, gzipBlocks } from 
 export type { GzipBlocksOptions } from './gzip.js'
 export type { BlobSink, TarLayerOptions, TarLayerResult, TarStreamOptions } from './writer.js'
 export { extractTarLayer, unpackImageLayers } from './extract.js'
-export type { ExtractOptions, LayerInput, WhiteoutMode } from './extract.js'
+export type { ExtractOptions, LayerInput, UnpackImageLayersOptions, WhiteoutMode } from './extract.js'
 export { OVERLAY_OPAQUE_XATTR, isOverlayWhiteout } from './overlay.js'
 export type { Compression } from './streams.js'

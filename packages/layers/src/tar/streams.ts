@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process'
 import { pipeline, Readable, type Transform, type Writable } from 'node:stream'
 import { onCleanup, StackerError } from '@stacker/core'
 
+/** The stream compression of a tar layer blob. */
 export type Compression = 'gzip' | 'zstd' | 'none'
 
 /** Normalises the accepted input shapes to one async iterable of byte chunks. */

@@ -27,13 +27,17 @@ export interface BlobSink {
   abort(): Promise<void>
 }
 
+/** Options of createTarStream (and the walk part of writeTarLayer). */
 export interface TarStreamOptions {
   /** Mtimes newer than this (seconds) are clamped to it. */
   sourceDateEpoch?: number
+  /** Receives warnings (skipped sockets) and debug lines. Default: dropped. */
   logger?: Logger
 }
 
+/** Options of writeTarLayer. */
 export interface TarLayerOptions extends TarStreamOptions {
+  /** The blob's compression; it decides the descriptor's media type. */
   compression: Compression
   /** gzip 1-9 (default 4); zstd 1-22 (default 3). */
   level?: number
@@ -47,11 +51,13 @@ export interface TarLayerOptions extends TarStreamOptions {
   allowEmpty?: boolean
 }
 
+/** A layer writeTarLayer stored. */
 export interface TarLayerResult {
   /** tar / tar+gzip / tar+zstd; compressed ones carry `ci.umo.uncompressed_blob_size`. */
   descriptor: Descriptor
   /** Digest of the uncompressed tar (the config's rootfs diff_id). */
   diffId: Digest
+  /** Size of the uncompressed tar in bytes. */
   uncompressedSize: number
 }
 
