@@ -1,6 +1,6 @@
 // Tests of the e2e helpers and fixtures themselves, so a failing e2e test points at stacker, not at the
 // harness.
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { lstat, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -339,7 +339,9 @@ describe('build corpus for the --jobs replay', () => {
       needsServer: [],
       readsState: [],
       outsideOutputs: [],
+      stackerfiles: [p.path('stacker.yaml')],
     })
+    expect(e.recipe.variantOf).toBe(null)
 
     const r = await restore(e)
     cleanups.push(() => r.cleanup())
@@ -373,9 +375,47 @@ describe('build corpus for the --jobs replay', () => {
     const recipes = readCorpus(corpus).entries.map((e) => e.recipe)
     expect(recipes.map((x) => x.archived).sort()).toEqual([false, true])
     const chain = recipes.find((x) => !x.archived)!
-    expect(chain.plan).toEqual({ needsServer: [], readsState: [], outsideOutputs: [] })
+    expect(chain.plan).toEqual({
+      needsServer: [],
+      readsState: [],
+      outsideOutputs: [],
+      stackerfiles: [p.path('stacker.yaml')],
+    })
     expect(chain.roots.map((r) => r.archive)).toEqual([null, null])
     const remote = recipes.find((x) => x.archived)!
     expect(remote.plan).toMatchObject({ needsServer: ['a: base docker://127.0.0.1:1/x'] })
+  })
+
+  it('archives one build of a stackerfile for all substitution values, a separate one per other option', async () => {
+    const corpus = await corpusDir()
+    const { p, args } = await setup()
+    const record = async (extra: string[], exitCode = 0) =>
+      (await startRecording(corpus, [...args, ...extra], { cwd: p.dir, env: {}, input: '', origin }))?.finish(exitCode)
+    // A failed build does not claim its variant: the next successful one is archived.
+    await record(['--substitute', 'ROUND=0'], 1)
+    await record(['--substitute', 'ROUND=1'])
+    await record(['--substitute', 'ROUND=2'])
+    await p.write('in-project.txt', 'changed\n')
+    await record(['--substitute', 'ROUND=3'])
+    await record(['--substitute', 'ROUND=1', '--layer-type', 'squashfs'])
+
+    const { entries, errors } = readCorpus(corpus)
+    expect(errors).toEqual([])
+    const byRound = (round: string, layerType = false) =>
+      entries.find(
+        (e) => e.recipe.args.includes(`ROUND=${round}`) && e.recipe.args.includes('--layer-type') === layerType,
+      )!
+    expect(entries).toHaveLength(4)
+    const first = byRound('1')
+    expect(first.recipe.archived).toBe(true)
+    expect(first.recipe.variantOf).toBe(null)
+    for (const e of [byRound('2'), byRound('3')]) {
+      expect(e.recipe).toMatchObject({ archived: false, variant: first.recipe.variant, variantOf: first.id })
+      expect(e.recipe.roots.map((r) => r.archive)).toEqual([null, null])
+      expect(readdirSync(e.dir).filter((f) => f.endsWith('.tar'))).toEqual([])
+    }
+    const other = byRound('1', true)
+    expect(other.recipe).toMatchObject({ archived: true, variantOf: null })
+    expect(other.recipe.variant).not.toBe(first.recipe.variant)
   })
 })

@@ -26,6 +26,8 @@ export interface BuildPlan {
   readsState: string[]
   /** The build's output dirs that are outside the dirs the corpus holds. */
   outsideOutputs: string[]
+  /** The stackerfiles the build loads (given ones and their prerequisites), by absolute path. */
+  stackerfiles: string[]
 }
 
 const NETWORK_SCHEMES = new Set(['http', 'https', 'docker'])
@@ -54,7 +56,7 @@ export async function planBuild(
     const f = last('--stacker-file') ?? 'stacker.yaml'
     if (scheme(f) !== undefined) {
       needsServer.push(`stackerfile ${f}`)
-      return { independent: undefined, needsServer, readsState: [], outsideOutputs: [] }
+      return { independent: undefined, needsServer, readsState: [], outsideOutputs: [], stackerfiles: [] }
     }
     files = [resolve(cwd, f)]
   }
@@ -82,7 +84,13 @@ export async function planBuild(
     }
   }
   const outsideOutputs = [dirs.ociDir, ...state].filter((p) => !roots.some((root) => within(p, root)))
-  return { independent: independentPair(set, cwd), needsServer, readsState, outsideOutputs }
+  return {
+    independent: independentPair(set, cwd),
+    needsServer,
+    readsState,
+    outsideOutputs,
+    stackerfiles: [...set.files.keys()].sort(),
+  }
 }
 
 /** The layer with a local base path made absolute against cwd, as packages/builder/src/bases.ts

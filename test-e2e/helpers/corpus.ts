@@ -41,8 +41,13 @@ export interface CorpusRecipe {
    *  could not be read although the build succeeded. */
   plan: BuildPlan | { error: string }
   /** Whether the roots' content is kept: only when the plan finds something to replay (two
-   *  independent layers) or failed. */
+   *  independent layers) or failed, and no other entry is a variant of the same build. */
   archived: boolean
+  /** Names the build without the values of its substitutions and its other inputs' content (see
+   *  variantKey); null when the plan failed or finds nothing to replay. */
+  variant: string | null
+  /** The entry already archived for the same variant, which the replay builds instead of this one. */
+  variantOf: string | null
 }
 
 /** One test's use of an entry: `origins/*.json`. */
@@ -60,6 +65,8 @@ export const ORIGINS = 'origins'
 export const ERRORS = 'errors'
 /** Milliseconds each recording took, one line per recorded build, successful or not. */
 export const TIMING = 'timing.log'
+/** One file per variant (see variantKey) in the corpus dir, holding the id of the entry archived for it. */
+export const VARIANTS = 'variants'
 
 // The e2e helpers make every temp dir with this prefix (tempProject, registries, servers, tests' own
 // mkdtemp calls), so a path that names one of them is a path into a test's inputs.
@@ -183,6 +190,40 @@ function normalize(text: string, roots: readonly string[]): string {
   })
 }
 
+/**
+ * What makes builds variants of one another: the same stackerfiles (text before substitution, temp
+ * dir names normalized), the same command and options, substitution names and environment; only
+ * the substitutions' values and the content of the other inputs may differ (a test rebuilding after
+ * changing an imported file, the same stackerfile built once per round). --jobs decides what runs
+ * at once from the stackerfiles' layers and options, so one of them is replayed for all.
+ */
+async function variantKey(
+  parsed: ReturnType<typeof parseStackerArgs>,
+  env: Record<string, string | null>,
+  roots: readonly string[],
+  stackerfiles: readonly string[],
+): Promise<string> {
+  const files: Array<[string, string]> = []
+  for (const f of stackerfiles) files.push([normalize(f, roots), normalize(await readFile(f, 'utf8'), roots)])
+  const options = [...parsed.options]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, vs]) => [k, vs.map((v) => (k === '--substitute' ? v.split('=')[0] : normalize(v, roots)))])
+  return createHash('sha256')
+    .update(
+      JSON.stringify({
+        command: parsed.command,
+        globals: [...parsed.globals].sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [k, normalize(v, roots)]),
+        options,
+        env: Object.entries(env)
+          .sort(([a], [b]) => a.localeCompare(b))
+          .map(([k, v]) => [k, v === null ? null : normalize(v, roots)]),
+        files,
+      }),
+    )
+    .digest('hex')
+    .slice(0, 32)
+}
+
 export interface Recording {
   /** Keeps the recording if the build succeeded, drops it otherwise. Never throws. */
   finish(exitCode: number): Promise<void>
@@ -285,6 +326,8 @@ async function snapshot(
     .slice(0, 32)
   const entryDir = join(corpusDir, key)
   let staged: string | undefined
+  let recipe: CorpusRecipe | undefined
+  let variant: string | null = null
   const exists = await lstat(entryDir).then(
     () => true,
     () => false,
@@ -297,8 +340,13 @@ async function snapshot(
     const plan = await planBuild(parsed, cwd, { ...process.env, ...opts.env }, roots).catch((e: unknown) => ({
       error: e instanceof Error ? e.message : String(e),
     }))
-    const archived = 'error' in plan || plan.independent !== undefined
-    const recipe: CorpusRecipe = {
+    variant =
+      'error' in plan || plan.independent === undefined ? null : await variantKey(parsed, env, roots, plan.stackerfiles)
+    // A variant already kept is not archived again (finish() settles a race between two builds).
+    const variantOf =
+      variant === null ? null : await readFile(join(corpusDir, VARIANTS, variant), 'utf8').catch(() => null)
+    const archived = ('error' in plan || plan.independent !== undefined) && variantOf === null
+    recipe = {
       args: [...args],
       env,
       input: opts.input,
@@ -307,6 +355,8 @@ async function snapshot(
       left: [],
       plan,
       archived,
+      variant,
+      variantOf,
     }
     for (const [i, root] of roots.entries()) {
       const l = listings.get(root)
@@ -351,6 +401,26 @@ async function snapshot(
         if (exitCode !== 0) return
         const seq = recordedIn.get(cwd) ?? 0
         recordedIn.set(cwd, seq + 1)
+        if (staged !== undefined && recipe?.archived && variant !== null) {
+          // The first successful build of a variant keeps its archive; a later one, recorded while
+          // the first was running, keeps only its recipe.
+          await mkdir(join(corpusDir, VARIANTS), { recursive: true })
+          try {
+            await writeFile(join(corpusDir, VARIANTS, variant), key, { flag: 'wx' })
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e
+            const variantOf = await readFile(join(corpusDir, VARIANTS, variant), 'utf8')
+            for (const r of recipe.roots) if (r.archive !== null) await rm(join(staged, r.archive))
+            recipe = {
+              ...recipe,
+              archived: false,
+              variantOf,
+              roots: recipe.roots.map((r) => ({ ...r, archive: null })),
+              left: [],
+            }
+            await writeFile(join(staged, RECIPE), `${JSON.stringify(recipe, null, 2)}\n`)
+          }
+        }
         if (staged !== undefined) {
           try {
             await rename(staged, entryDir)

@@ -27,6 +27,8 @@ const PARALLEL_NAME = PARALLEL.length ? '--jobs 2' : `the default (--jobs ${avai
 
 const { entries, errors, recordings } = readCorpus(CORPUS_DIR)
 const candidates = entries.filter((e) => e.recipe.archived)
+// Builds of a stackerfile already archived with other substitution values or input content.
+const variants = entries.filter((e) => e.recipe.variantOf !== null)
 
 const outcome = {
   identical: [] as string[],
@@ -61,7 +63,7 @@ function skipReason(e: CorpusEntry): string | undefined {
 describe.concurrent(`--jobs 1 and ${PARALLEL_NAME} build the recorded e2e stackerfiles the same`, () => {
   afterAll(() => {
     const lines = [
-      `--jobs replay: ${entries.length} recorded builds, ${entries.length - candidates.length} without two independent layers, ${candidates.length} to replay:`,
+      `--jobs replay: ${entries.length} recorded builds, ${entries.length - candidates.length - variants.length} without two independent layers, ${variants.length} variants of another, ${candidates.length} to replay:`,
       `  recording ${recordings.count} builds took ${(recordings.ms / 1000).toFixed(1)} s (summed over the e2e workers)`,
       `  ${outcome.identical.length} byte-identical, ${outcome.weakened.length} compared without what two serial builds disagree on, ${outcome.skipped.length} skipped`,
       ...outcome.weakened.map(
