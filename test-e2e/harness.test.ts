@@ -1,6 +1,6 @@
 // Tests of the e2e helpers and fixtures themselves, so a failing e2e test points at stacker, not at the
 // harness.
-import { existsSync } from 'node:fs'
+import { existsSync, readdirSync } from 'node:fs'
 import { lstat, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -33,6 +33,8 @@ import {
   unsquashfsList,
   veritysetupVerify,
 } from './helpers/index.js'
+import { startRecording } from './helpers/corpus.js'
+import { readCorpus, restore } from './helpers/replay.js'
 
 const cleanups: (() => Promise<void>)[] = []
 afterEach(async () => {
@@ -283,5 +285,137 @@ describe('stacker CLI', () => {
 
   it('blob paths follow the layout', () => {
     expect(blobPath('/l', 'sha256:abc')).toBe('/l/blobs/sha256/abc')
+  })
+})
+
+describe('build corpus for the --jobs replay', () => {
+  // a and b are independent unless they bind the same host dir; c waits for `parent`.
+  const yaml = (bindB: string, parent: string) =>
+    'a:\n  from: {type: oci, url: ${{BASE}}}\n  imports: [${{SRC}}/in.txt]\n  binds: [${{SRC}}/a -> /out]\n' +
+    `b:\n  from: {type: oci, url: \${{BASE}}}\n  binds: [\${{SRC}}/${bindB} -> /out]\n` +
+    `c:\n  from: {type: built, tag: ${parent}}\n`
+  const origin = { file: 'harness.test.ts', test: 'corpus' }
+
+  /** A project naming another temp dir (src) in a file and in its arguments, with outputs of an
+   *  earlier build that a recording leaves out. */
+  async function setup(src?: TempProject) {
+    src ??= await project({ 'in.txt': 'in\n' })
+    const p = await project({ 'stacker.yaml': yaml('b', 'a'), 'sub/ref': `${src.dir}/in.txt\n` })
+    await p.write('.stacker/storage.type', 'overlay')
+    await p.write('roots/.store/x', 'x')
+    await p.write('oci/index.json', '{}')
+    const args = ['build', '--substitute', `BASE=${fixtures().BUSYBOX_OCI}`, '--substitute', `SRC=${src.dir}`]
+    return { p, src, args }
+  }
+
+  async function corpusDir(): Promise<string> {
+    const corpus = await mkdtemp(join(tmpdir(), 'stacker-e2e-corpus-'))
+    cleanups.push(() => rm(corpus, { recursive: true, force: true }))
+    return corpus
+  }
+
+  it('records a successful build with every temp dir it names, once per content, and plans it', async () => {
+    const corpus = await corpusDir()
+    const { p, src, args } = await setup()
+    const record = async (cwd: string, a: string[], exitCode: number) =>
+      (await startRecording(corpus, a, { cwd, env: { X: 'y' }, input: '', origin }))?.finish(exitCode)
+    await record(p.dir, args, 0)
+    // The same inputs in another project dir are the same entry; a failed build is not kept, nor is
+    // a build with --jobs recorded at all.
+    const q = await setup(src)
+    await record(q.p.dir, args, 0)
+    await record(p.dir, [...args, '--substitute', 'Z=1'], 1)
+    expect(await startRecording(corpus, [...args, '-j2'], { cwd: p.dir, env: {}, input: '', origin })).toBe(undefined)
+
+    const { entries, errors } = readCorpus(corpus)
+    expect(errors).toEqual([])
+    expect(entries).toHaveLength(1)
+    const e = entries[0]!
+    expect(e.origins.map((o) => o.seq)).toEqual([0, 0])
+    expect(e.recipe.roots.map((r) => r.path)).toEqual([p.dir, src.dir])
+    expect(e.recipe.archived).toBe(true)
+    expect(e.recipe.plan).toEqual({
+      independent: { file: p.path('stacker.yaml'), layers: ['a', 'b'] },
+      needsServer: [],
+      readsState: [],
+      outsideOutputs: [],
+      stackerfiles: [p.path('stacker.yaml')],
+    })
+    expect(e.recipe.variantOf).toBe(null)
+
+    const r = await restore(e)
+    cleanups.push(() => r.cleanup())
+    await r.reset()
+    const [newP, newSrc] = [r.paths.get(p.dir)!, r.paths.get(src.dir)!]
+    expect(newP).not.toBe(p.dir)
+    expect(newP.length).toBe(p.dir.length)
+    expect(r.cwd).toBe(newP)
+    expect(r.args.at(-1)).toBe(`SRC=${newSrc}`)
+    expect(r.env).toEqual({ X: 'y' })
+    expect(await readFile(join(newP, 'sub/ref'), 'utf8')).toBe(`${newSrc}/in.txt\n`)
+    expect(await readFile(join(newSrc, 'in.txt'), 'utf8')).toBe('in\n')
+    expect(await readFile(join(newP, 'oci/index.json'), 'utf8')).toBe('{}')
+    expect(existsSync(join(newP, '.stacker'))).toBe(false)
+    expect(existsSync(join(newP, 'roots'))).toBe(false)
+  })
+
+  it('keeps only the plan of a build whose layers all wait for each other; lists registry bases', async () => {
+    const corpus = await corpusDir()
+    const { p, args } = await setup()
+    const record = async () =>
+      (await startRecording(corpus, args, { cwd: p.dir, env: {}, input: '', origin }))?.finish(0)
+    // b binds what a binds, so it waits for a, and c for b: a chain.
+    await p.write('stacker.yaml', yaml('a', 'b'))
+    await record()
+    await p.write(
+      'stacker.yaml',
+      'a:\n  from: {type: docker, url: "docker://127.0.0.1:1/x"}\nb:\n  from: {type: scratch}\n',
+    )
+    await record()
+    const recipes = readCorpus(corpus).entries.map((e) => e.recipe)
+    expect(recipes.map((x) => x.archived).sort()).toEqual([false, true])
+    const chain = recipes.find((x) => !x.archived)!
+    expect(chain.plan).toEqual({
+      needsServer: [],
+      readsState: [],
+      outsideOutputs: [],
+      stackerfiles: [p.path('stacker.yaml')],
+    })
+    expect(chain.roots.map((r) => r.archive)).toEqual([null, null])
+    const remote = recipes.find((x) => x.archived)!
+    expect(remote.plan).toMatchObject({ needsServer: ['a: base docker://127.0.0.1:1/x'] })
+  })
+
+  it('archives one build of a stackerfile for all substitution values, a separate one per other option', async () => {
+    const corpus = await corpusDir()
+    const { p, args } = await setup()
+    const record = async (extra: string[], exitCode = 0) =>
+      (await startRecording(corpus, [...args, ...extra], { cwd: p.dir, env: {}, input: '', origin }))?.finish(exitCode)
+    // A failed build does not claim its variant: the next successful one is archived.
+    await record(['--substitute', 'ROUND=0'], 1)
+    await record(['--substitute', 'ROUND=1'])
+    await record(['--substitute', 'ROUND=2'])
+    await p.write('in-project.txt', 'changed\n')
+    await record(['--substitute', 'ROUND=3'])
+    await record(['--substitute', 'ROUND=1', '--layer-type', 'squashfs'])
+
+    const { entries, errors } = readCorpus(corpus)
+    expect(errors).toEqual([])
+    const byRound = (round: string, layerType = false) =>
+      entries.find(
+        (e) => e.recipe.args.includes(`ROUND=${round}`) && e.recipe.args.includes('--layer-type') === layerType,
+      )!
+    expect(entries).toHaveLength(4)
+    const first = byRound('1')
+    expect(first.recipe.archived).toBe(true)
+    expect(first.recipe.variantOf).toBe(null)
+    for (const e of [byRound('2'), byRound('3')]) {
+      expect(e.recipe).toMatchObject({ archived: false, variant: first.recipe.variant, variantOf: first.id })
+      expect(e.recipe.roots.map((r) => r.archive)).toEqual([null, null])
+      expect(readdirSync(e.dir).filter((f) => f.endsWith('.tar'))).toEqual([])
+    }
+    const other = byRound('1', true)
+    expect(other.recipe).toMatchObject({ archived: true, variantOf: null })
+    expect(other.recipe.variant).not.toBe(first.recipe.variant)
   })
 })

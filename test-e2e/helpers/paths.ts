@@ -9,3 +9,5 @@ export const MAKE_BUSYBOX_BASE = join(REPO_ROOT, 'scripts', 'make-busybox-base')
 /** Gitignored; holds the fixture images built once per run by global-setup.ts. */
 export const FIXTURES_DIR = join(REPO_ROOT, 'test-e2e', '.fixtures')
 export const FIXTURES_JSON = join(FIXTURES_DIR, 'fixtures.json')
+/** Gitignored; the builds the e2e project recorded for the --jobs replay (helpers/corpus.ts), remade each run. */
+export const CORPUS_DIR = join(REPO_ROOT, 'test-e2e', '.corpus')

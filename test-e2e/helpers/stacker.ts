@@ -1,7 +1,9 @@
 import { tmpdir } from 'node:os'
+import { join, relative } from 'node:path'
 import { execa } from 'execa'
-import { inject } from 'vitest'
-import { STACKER_BIN } from './paths.js'
+import { expect, inject } from 'vitest'
+import { startRecording } from './corpus.js'
+import { REPO_ROOT, STACKER_BIN } from './paths.js'
 
 // stacker puts .stacker, roots and oci in its cwd; a test that forgets cwd must not litter the repo, so
 // the default cwd is an empty dir that global-setup makes and removes.
@@ -10,6 +12,15 @@ function scratchDir(): string {
     return inject('scratchDir')
   } catch {
     return tmpdir()
+  }
+}
+
+// Where builds are recorded for the --jobs replay (helpers/corpus.ts); undefined outside the e2e project.
+function corpusDir(): string | undefined {
+  try {
+    return inject('corpusDir')
+  } catch {
+    return undefined
   }
 }
 
@@ -43,14 +54,30 @@ export interface StackerOptions {
  */
 export async function stacker(args: string[], opts: StackerOptions = {}): Promise<StackerResult> {
   const [file, argv] = opts.direct ? [STACKER_BIN, args] : [process.execPath, [STACKER_BIN, ...args]]
+  const cwd = opts.cwd ?? scratchDir()
+  const corpus = corpusDir()
+  const state = expect.getState()
+  const recording =
+    corpus === undefined
+      ? undefined
+      : await startRecording(corpus, args, {
+          cwd,
+          env: opts.env ?? {},
+          input: opts.input ?? '',
+          origin: {
+            file: state.testPath === undefined ? '?' : relative(join(REPO_ROOT, 'test-e2e'), state.testPath),
+            test: state.currentTestName ?? '(a suite hook)',
+          },
+        })
   const r = await execa(file, argv, {
-    cwd: opts.cwd ?? scratchDir(),
+    cwd,
     env: opts.env ?? {},
     input: opts.input ?? '',
     timeout: opts.timeoutMs ?? 600_000,
     reject: false,
     stripFinalNewline: false,
   })
+  await recording?.finish(r.exitCode ?? 1)
   return {
     stdout: String(r.stdout ?? ''),
     stderr: String(r.stderr ?? ''),

@@ -1,4 +1,5 @@
 export { build } from './build.js'
+export { hostCouplings } from './coupling.js'
 export { chroot, grab, inspect, clean, check, gc, internalCheckOverlay } from './commands.js'
 export { publish, type PublishOptions } from './publish.js'
 export {
