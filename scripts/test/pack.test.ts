@@ -16,7 +16,7 @@ const TSC = join(ROOT, 'node_modules/typescript/bin/tsc')
 /** The packages a user picks; their internal dependencies are packed and installed with them. */
 const PICKED = ['stackerfile', 'oci', 'core']
 /** Packages whose READMEs and API documentation are checked (installed with the picked ones). */
-const DOCUMENTED = ['core', 'stackerfile', 'oci', 'layers', 'convert']
+const DOCUMENTED = ['core', 'stackerfile', 'oci', 'layers', 'convert', 'overlay', 'runtime', 'registry', 'builder']
 const run = promisify(execFile)
 
 interface Manifest {

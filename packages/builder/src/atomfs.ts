@@ -33,6 +33,7 @@ interface MountEntry {
   source: string
 }
 
+/** Which image `stacker internal-go atomfs mount` mounts, where, and where it keeps its records. */
 export interface AtomfsMountOptions {
   /** The OCI layout holding the image (stacker's --oci-dir). */
   ociDir: string
@@ -109,6 +110,7 @@ export async function atomfsMount(o: AtomfsMountOptions): Promise<void> {
   }
 }
 
+/** What `stacker internal-go atomfs umount` unmounts, and where the mount's records are. */
 export interface AtomfsUmountOptions {
   mountpoint: string
   /** Looked in when nothing is mounted at the mount point, to finish an interrupted umount. */

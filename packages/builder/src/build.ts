@@ -52,6 +52,9 @@ import { TagWriter } from './tags.js'
 import { outputKey, tagFor, type OutputType, type Session } from './types.js'
 import { copyTree } from './util.js'
 
+/** `stacker build`: builds every layer of the stackerfiles (and their prerequisites) in dependency
+ *  order, from the cache where the key is unchanged, and tags each layer's outputs in the OCI layout.
+ *  A failed `run` fails the build (after `onRunFailure` when given). */
 export async function build(s: Session, o: BuildOptions): Promise<void> {
   const { logger } = s
   // The stackerfiles load while the storage opens (its locks wait on child processes). Loading only

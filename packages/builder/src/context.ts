@@ -11,6 +11,7 @@ import type { RemoteCache } from './remote-cache.js'
 import type { TagWriter } from './tags.js'
 import type { OutputType, Session, TarCompression } from './types.js'
 
+/** What `stacker build` was asked for: which files, substitutions, output types and cache use. */
 export interface BuildOptions {
   stackerFiles: string[]
   substitute: string[]

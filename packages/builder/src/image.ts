@@ -20,6 +20,7 @@ import type { BuildContext, BuiltLayer } from './context.js'
 import { EMPTY_CONTENT, type ProjectOptions, type Projection, projectContent } from './projections.js'
 import { outputKey, type OutputType } from './types.js'
 
+/** The PATH entry an image config gets when neither its base nor its layer sets one. */
 export const DEFAULT_PATH_ENV = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 interface OutputBase {

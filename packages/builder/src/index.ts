@@ -17,8 +17,15 @@ export {
 export type { BuildOptions } from './context.js'
 export { containerConfig, DEFAULT_PATH_ENV } from './image.js'
 export { destPlacement } from './imports.js'
-export { internalCopy, internalCp, internalChmod, internalChown, NO_APPARMOR_EXIT } from './internal-go.js'
-export { atomfsMount, atomfsUmount } from './atomfs.js'
+export {
+  internalCopy,
+  internalCp,
+  internalChmod,
+  internalChown,
+  NO_APPARMOR_EXIT,
+  type InternalCopyOptions,
+} from './internal-go.js'
+export { atomfsMount, atomfsUmount, type AtomfsMountOptions, type AtomfsUmountOptions } from './atomfs.js'
 // The core types this package's API takes and throws, so a user needs no second import.
 export { isStackerError, StackerError } from '@stacker/core'
 export type {
@@ -30,4 +37,7 @@ export type {
   StackerErrorCode,
   StackerErrorDetail,
 } from '@stacker/core'
+// The types of the other packages that its API names.
+export type { ContainerConfig } from '@stacker/oci'
+export type { Layer } from '@stacker/stackerfile'
 export { unprivSetup, type UnprivSetupOptions } from './unpriv.js'

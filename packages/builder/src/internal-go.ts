@@ -4,6 +4,7 @@ import { copyImage } from '@stacker/registry'
 import type { Session } from './types.js'
 import { copyTree } from './util.js'
 
+/** The source and destination of `stacker internal-go copy` (`oci:<dir>[:<ref>]` or `docker://...`). */
 export interface InternalCopyOptions {
   src: string
   dest: string

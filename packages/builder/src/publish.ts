@@ -15,6 +15,8 @@ import type { BuildContext } from './context.js'
 import { openStorage } from './storage.js'
 import { tagFor, type LayerType, type Session } from './types.js'
 
+/** What `stacker publish` was asked for: which layers' images go where (`url`, `tags`), with
+ *  which credentials and output types. */
 export interface PublishOptions {
   stackerFiles: string[]
   url: string

@@ -1,6 +1,8 @@
 import { StackerError, type Logger } from '@stacker/core'
 
+/** The output formats a layer's image can be made in (`--layer-type`). */
 export const LAYER_TYPES = ['tar', 'squashfs', 'erofs'] as const
+/** One of LAYER_TYPES. */
 export type LayerType = (typeof LAYER_TYPES)[number]
 
 /** Output settings that change the bytes of a layer type's blobs. */
@@ -11,7 +13,9 @@ export interface OutputType {
   tarCompression?: TarCompression
 }
 
+/** The compressions of generated tar layers (`--tar-compression`). */
 export const TAR_COMPRESSIONS = ['gzip', 'zstd'] as const
+/** One of TAR_COMPRESSIONS. */
 export type TarCompression = (typeof TAR_COMPRESSIONS)[number]
 
 /** Parses `--tar-compression`: gzip (the default, what every runtime reads) or zstd. */
@@ -22,6 +26,7 @@ export function parseTarCompression(value: string | undefined): TarCompression {
   return value as TarCompression
 }
 
+/** The directories a command works in, absolute (stacker's --stacker-dir, --oci-dir, --roots-dir). */
 export interface SessionDirs {
   workDir: string
   stackerDir: string

@@ -1,63 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
-import {
-  chmod,
-  lstat,
-  mkdir,
-  mkdtemp,
-  readFile,
-  readdir,
-  readlink,
-  realpath,
-  rename,
-  rm,
-  symlink,
-} from 'node:fs/promises'
-import { dirname, isAbsolute, join, relative, resolve } from 'node:path'
-import {
-  type Logger,
-  StackerError,
-  atomicWriteFile,
-  onCleanup,
-  silentLogger,
-  pathExists,
-  isDirectory,
-} from '@stacker/core'
-import { runTool } from '@stacker/core'
-import { decodeLayerName, encodeLayerName, validateContentId } from './names.js'
+import { chmod, mkdir, mkdtemp, readdir, realpath, rename, rm } from 'node:fs/promises'
+import { isAbsolute, join, resolve } from 'node:path'
+import { type Logger, StackerError, onCleanup, silentLogger, pathExists, isDirectory } from '@stacker/core'
+import { validateContentId } from './names.js'
 import { listMounts, type Mount, removeTree, unmount, unmountAll } from './mounts.js'
+import { type MountOptions, mountOverlay } from './overlay-mount.js'
+import { type LayerRecord, listRecords, readRecord, removeRecord, writeRecord } from './records.js'
+import { layerViewDir, pruneBlobViews, setBlobViewAt, setLayerViewAt } from './views.js'
+import { type BuildWorkspace, prepareWorkspace, workspaceRoot } from './workspace.js'
 
 /** A throwaway writable view of a chain; everything written lands in `upper` and is deleted by
  *  `release()`. */
 export interface Snapshot extends Mount {
   readonly upper: string
-}
-
-/** What a layer's filesystem is: content ids, bottom -> top, whatever the output formats.
- *  `meta` is opaque to the store and kept as given. */
-export interface LayerRecord {
-  version: 1
-  chain: string[]
-  meta?: unknown
-}
-
-export interface MountOptions {
-  /** Content ids or absolute dirs, bottom -> top. A dir repeated in the chain is used once, at its
-   *  topmost place, which gives the same view (overlayfs refuses a dir twice). */
-  lower: readonly string[]
-  /** With `work`, makes the mount writable; both are on the same filesystem and not in use. */
-  upper?: string
-  work?: string
-  /** Created if missing. */
-  target: string
-}
-
-export interface BuildWorkspace {
-  /** build/<name>: everything below it is the build's and goes with it. */
-  root: string
-  upper: string
-  work: string
-  rootfs: string
 }
 
 /** The store's own dir inside the roots dir. Layer views (`<name>/overlay`, `<name>/rootfs`) and
@@ -221,52 +177,24 @@ export class OverlayStore {
     }
   }
 
-  #layerFile(name: string): string {
-    return this.#path('layers', `${encodeLayerName(name)}.json`)
-  }
-
   /** The record of `name`, or undefined when there is none or it is unreadable (logged). */
-  async readLayer(name: string): Promise<LayerRecord | undefined> {
-    const file = this.#layerFile(name)
-    let text: string
-    try {
-      text = await readFile(file, 'utf8')
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined
-      throw e
-    }
-    const rec = parseRecord(text, name)
-    if (!rec) this.#logger.warn(`ignoring unreadable layer record ${file}`)
-    return rec
+  readLayer(name: string): Promise<LayerRecord | undefined> {
+    return readRecord(this.#path('layers'), name, this.#logger)
   }
 
   /** Replaces the record of `name` atomically. */
-  async writeLayer(name: string, rec: LayerRecord): Promise<void> {
-    if (rec.version !== 1 || !Array.isArray(rec.chain)) {
-      throw new StackerError('INTERNAL', `invalid layer record for ${name}`)
-    }
-    for (const id of rec.chain) validateContentId(id)
-    const body: Record<string, unknown> = { version: 1, name, chain: rec.chain }
-    if (rec.meta !== undefined) body.meta = rec.meta
-    await atomicWriteFile(this.#layerFile(name), `${JSON.stringify(body)}\n`)
+  writeLayer(name: string, rec: LayerRecord): Promise<void> {
+    return writeRecord(this.#path('layers'), name, rec)
   }
 
   /** Idempotent. The content the record named stays until gcContent. */
-  async removeLayer(name: string): Promise<void> {
-    await rm(this.#layerFile(name), { force: true })
+  removeLayer(name: string): Promise<void> {
+    return removeRecord(this.#path('layers'), name)
   }
 
   /** Names of all recorded layers, sorted. */
-  async listLayers(): Promise<string[]> {
-    const dir = this.#path('layers')
-    const names: string[] = []
-    for (const f of await readdir(dir)) {
-      if (!f.endsWith('.json') || f.startsWith('.')) continue
-      const stem = f.slice(0, -'.json'.length)
-      const name = decodeLayerName(stem) ?? (await readStoredName(join(dir, f)))
-      if (name !== undefined) names.push(name)
-    }
-    return names.sort()
+  listLayers(): Promise<string[]> {
+    return listRecords(this.#path('layers'))
   }
 
   /**
@@ -287,40 +215,7 @@ export class OverlayStore {
     let held: Mount
     try {
       const lowers = this.#resolveLowers(opts.lower, ids)
-      for (const dir of lowers) {
-        if (!(await isDirectory(dir))) throw new StackerError('MOUNT', `layer content ${dir} is missing`)
-      }
-      if ((opts.upper === undefined) !== (opts.work === undefined)) {
-        throw new StackerError('INTERNAL', 'an overlay mount needs both upper and work, or neither')
-      }
-      const target = resolve(opts.target)
-      await mkdir(target, { recursive: true })
-      const names: string[] = []
-      const pad = Math.max(0, (opts.upper === undefined ? 2 : 1) - lowers.length)
-      for (let i = 0; i < pad; i++) {
-        await mkdir(join(linkDir, `e${i}`))
-        names.push(`e${i}`)
-      }
-      for (const [i, dir] of lowers.entries()) {
-        await symlink(dir, join(linkDir, String(i)))
-        names.push(String(i))
-      }
-      const options = ['userxattr', `lowerdir=${names.reverse().join(':')}`]
-      if (opts.upper !== undefined && opts.work !== undefined) {
-        await symlink(resolve(opts.upper), join(linkDir, 'u'))
-        await symlink(resolve(opts.work), join(linkDir, 'w'))
-        options.push('upperdir=u', 'workdir=w')
-      }
-      const r = await runTool('mount', ['-t', 'overlay', 'overlay', '-o', options.join(','), target], {
-        cwd: linkDir,
-        stdin: 'ignore',
-      })
-      if (r.exitCode !== 0) {
-        throw new StackerError('MOUNT', `couldn't mount overlay on ${target}: ${String(r.stderr).trim()}`, {
-          hint: `${lowers.length} lower dirs${opts.upper === undefined ? '' : `, upper ${opts.upper}`}`,
-        })
-      }
-      this.#logger.debug(`mounted overlay of ${lowers.length} layers on ${target}`)
+      const target = await mountOverlay(lowers, opts, linkDir, this.#logger)
       for (const id of ids) this.#inUse.set(id, (this.#inUse.get(id) ?? 0) + 1)
       let released: Promise<void> | undefined
       const release = (): Promise<void> => {
@@ -383,82 +278,31 @@ export class OverlayStore {
   /** A fresh, empty build workspace for `name`; whatever an earlier (killed) build of that name
    *  left there, mounts included, is removed first. The caller mounts rootfs itself: it is the
    *  layer's `<name>/rootfs` view when the name can have one. */
-  async prepareBuild(name: string): Promise<BuildWorkspace> {
-    const root = this.#path('build', encodeLayerName(name))
-    if (await pathExists(root)) {
-      this.#logger.debug(`removing leftovers of an earlier build of ${name}`)
-      await removeTree(root)
-    }
-    const view = this.#viewDir(name)
-    let rootfs = join(root, 'rootfs')
-    if (view !== undefined) {
-      rootfs = join(view, 'rootfs')
-      await unmountAll(rootfs)
-    }
-    const ws = { root, upper: join(root, 'upper'), work: join(root, 'work'), rootfs }
-    for (const d of [ws.upper, ws.work, ws.rootfs]) await mkdir(d, { recursive: true })
-    return ws
+  prepareBuild(name: string): Promise<BuildWorkspace> {
+    return prepareWorkspace(this.#path('build'), name, layerViewDir(this.rootsDir, name), this.#logger)
   }
 
   /** Removes the build workspace of `name` (unmounting anything left mounted in it). Idempotent. */
   async removeBuild(name: string): Promise<void> {
-    await removeTree(this.#path('build', encodeLayerName(name)))
-  }
-
-  /** `<roots>/<name>`, where a layer's views go; undefined for names that cannot have one there
-   *  (they would reach outside the roots dir or into the store). */
-  #viewDir(name: string): string | undefined {
-    const parts = name.split('/')
-    if (parts.some((p) => p === '' || p === '.' || p === '..') || parts[0]?.startsWith('.')) return undefined
-    if (/^sha256_[0-9a-f]{64}$/.test(parts[0] ?? '')) return undefined
-    return join(this.rootsDir, ...parts)
+    await removeTree(workspaceRoot(this.#path('build'), name))
   }
 
   /**
    * Points the views of layer `name` at its current state: `<name>/overlay` at its own content (the
    * diff its build produced; an empty dir when it produced none) and an empty `<name>/rootfs`.
-   * Names that cannot have views (see #viewDir) are skipped. Replaces what was there atomically.
+   * Names that cannot have views (they would reach outside the roots dir or into the store) are
+   * skipped. Replaces what was there atomically.
    */
   async setLayerView(name: string, ownContent: string | undefined): Promise<void> {
-    const dir = this.#viewDir(name)
+    const dir = layerViewDir(this.rootsDir, name)
     if (dir === undefined) return
-    if (!(await isDirectory(join(dir, 'rootfs')))) await mkdir(join(dir, 'rootfs'), { recursive: true })
-    if (ownContent === undefined) {
-      const overlay = join(dir, 'overlay')
-      const st = await lstat(overlay).catch(() => undefined)
-      if (st?.isDirectory()) return
-      if (st) await rm(overlay, { force: true })
-      await mkdir(overlay)
-      return
-    }
-    await this.#pointAt(join(dir, 'overlay'), this.contentPath(ownContent))
+    await setLayerViewAt(dir, ownContent === undefined ? undefined : this.contentPath(ownContent))
   }
 
   /** `sha256_<hex>/overlay` -> the content a layer blob with that digest holds, as upstream keeps
    *  its unpacked and generated layers. */
   async setBlobView(digest: string, id: string): Promise<void> {
-    const m = /^sha256:([0-9a-f]{64})$/.exec(digest)
-    if (!m) return
-    const link = join(this.rootsDir, `sha256_${m[1]}`, 'overlay')
-    await mkdir(dirname(link), { recursive: true })
-    await this.#pointAt(link, this.contentPath(id))
-  }
-
-  /** Makes `link` a relative symlink to `target`, replacing whatever is there (atomically for a
-   *  symlink; a real dir left by an older state is removed first). */
-  async #pointAt(link: string, target: string): Promise<void> {
-    const rel = relative(dirname(link), target)
-    if ((await readlinkOrUndefined(link)) === rel) return
-    const st = await lstat(link).catch(() => undefined)
-    if (st?.isDirectory()) await removeTree(link)
-    const tmp = `${link}.${randomBytes(4).toString('hex')}.tmp`
-    await symlink(rel, tmp)
-    try {
-      await rename(tmp, link)
-    } catch (e) {
-      await rm(tmp, { force: true })
-      throw e
-    }
+    await setBlobViewAt(this.rootsDir, digest, this.contentPath(id))
   }
 
   /**
@@ -477,52 +321,7 @@ export class OverlayStore {
       removed.push(id)
     }
     if (removed.length > 0) this.#logger.debug(`removed ${removed.length} unused content dirs`)
-    await this.#pruneBlobViews()
+    await pruneBlobViews(this.rootsDir)
     return removed
   }
-
-  /** Removes `sha256_<hex>` views whose content is gone. */
-  async #pruneBlobViews(): Promise<void> {
-    for (const name of await readdir(this.rootsDir)) {
-      if (!/^sha256_[0-9a-f]{64}$/.test(name)) continue
-      if (await isDirectory(join(this.rootsDir, name, 'overlay'))) continue
-      await rm(join(this.rootsDir, name), { recursive: true, force: true })
-    }
-  }
-}
-
-function parseRecord(text: string, name: string): LayerRecord | undefined {
-  let raw: unknown
-  try {
-    raw = JSON.parse(text)
-  } catch {
-    return undefined
-  }
-  if (typeof raw !== 'object' || raw === null) return undefined
-  const o = raw as Record<string, unknown>
-  if (o.version !== 1 || !Array.isArray(o.chain) || (o.name !== undefined && o.name !== name)) return undefined
-  const chain: string[] = []
-  for (const id of o.chain) {
-    if (typeof id !== 'string') return undefined
-    try {
-      validateContentId(id)
-    } catch {
-      return undefined
-    }
-    chain.push(id)
-  }
-  return o.meta === undefined ? { version: 1, chain } : { version: 1, chain, meta: o.meta }
-}
-
-async function readStoredName(file: string): Promise<string | undefined> {
-  try {
-    const o = JSON.parse(await readFile(file, 'utf8')) as { name?: unknown }
-    return typeof o.name === 'string' ? o.name : undefined
-  } catch {
-    return undefined
-  }
-}
-
-async function readlinkOrUndefined(path: string): Promise<string | undefined> {
-  return readlink(path).catch(() => undefined)
 }

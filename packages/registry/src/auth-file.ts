@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { StackerError } from '@stacker/core'
 import { DOCKER_HUB } from './ref.js'
 
+/** A user name and password for a registry, as `--username/--password` or an auth file give them. */
 export interface Credentials {
   username: string
   password: string
@@ -19,6 +20,8 @@ export interface CredentialsEntry {
   key: string
 }
 
+/** Where credentials are looked for: an auth file searched first, and the environment that names
+ *  the others (`REGISTRY_AUTH_FILE`, `XDG_RUNTIME_DIR`, `HOME`). */
 export interface LookupAuthOptions {
   /** Searched first, in place of `$REGISTRY_AUTH_FILE` / `$XDG_RUNTIME_DIR/containers/auth.json`. */
   authFile?: string
@@ -200,6 +203,8 @@ export async function lookupAuthEntry(
   return undefined
 }
 
+/** The credentials for `registry`/`repository`, found as lookupAuthEntry finds them, or undefined
+ *  when no auth file, helper or store has any. */
 export async function lookupAuth(
   registry: string,
   repository: string,

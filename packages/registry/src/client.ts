@@ -17,6 +17,7 @@ import { type ImageRef, registryHost } from './ref.js'
 import { sleep, Transport } from './transport.js'
 import { ChunkReader, PROGRESS_STEP, shortDigest, UploadProgress } from './upload.js'
 
+/** How a RegistryClient talks to its registry: trust, credentials, retries, chunking, timeouts. */
 export interface RegistryClientOptions {
   /** Allows plain http (tried after https) and TLS without certificate verification. */
   insecure?: boolean
@@ -40,8 +41,11 @@ export interface RegistryClientOptions {
   timeoutMs?: number
 }
 
+/** What pushing a blob took: nothing (the registry had it), a cross-repository mount, or an upload. */
 export type PushBlobResult = 'exists' | 'mounted' | 'uploaded'
 
+/** A manifest as the registry served it: its descriptor and exact bytes (their digest is the
+ *  descriptor's), and the index it was chosen from, if any. */
 export interface ManifestResult {
   /** The image manifest (for an index, the entry chosen for the platform). */
   descriptor: Descriptor
@@ -68,6 +72,7 @@ interface CallSpec {
   followRedirects?: boolean
 }
 
+/** Blobs up to this size are uploaded in one PUT, larger ones in PATCH chunks of it (16 MiB). */
 export const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 const MANIFEST_ACCEPT = [

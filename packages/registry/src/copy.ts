@@ -52,6 +52,8 @@ export function isLoopbackRegistry(registry: string): boolean {
   return host === 'localhost' || host === '[::1]' || /^127(?:\.\d{1,3}){3}$/.test(host ?? '')
 }
 
+/** A copy between `oci:<dir>[:<ref>]` and `docker://` references, in any direction, with the TLS
+ *  checks of each side (`stacker internal-go copy`). */
 export interface CopyImageOptions {
   src: string
   dest: string

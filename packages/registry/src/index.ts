@@ -36,6 +36,7 @@ export {
   type DispatcherOptions,
   type ProxyConfig,
   type HostCerts,
+  type TrustWarning,
   proxyConfig,
   proxyFor,
   describeProxy,
@@ -66,3 +67,5 @@ export type {
   StackerErrorCode,
   StackerErrorDetail,
 } from '@stacker/core'
+// The @stacker/oci types its API takes and gives.
+export type { BlobInfo, BlobWriter, Descriptor, ExpectedBlob, ImageIndex, Platform } from '@stacker/oci'

@@ -55,6 +55,8 @@ function dirPems(dir: string): string[] {
   return out
 }
 
+/** Where an extra CA file (`NODE_EXTRA_CA_CERTS`) that cannot be loaded is reported, in node's own
+ *  words; the default writes to stderr. */
 export type TrustWarning = (message: string) => void
 
 /**
@@ -285,6 +287,8 @@ export function describeProxy(url: URL): string {
 
 // --- dispatchers ------------------------------------------------------------------------------
 
+/** How a NetDispatcher connects: whose certs.d applies, whether certificates are checked, the
+ *  environment that names proxies and CA files, and the idle timeout. */
 export interface DispatcherOptions {
   /** Certificates are not verified. */
   insecure?: boolean

@@ -14,6 +14,8 @@ import { type OciLayoutLike, withContext } from './layout-like.js'
 import { type ImageRef, refReference } from './ref.js'
 import { WriteBatch } from './write-batch.js'
 
+/** What pullImage copies (`ref`, for an index `platform` or `all`), into which layout, and under
+ *  which tag. */
 export interface PullImageOptions {
   ref: ImageRef
   layout: OciLayoutLike

@@ -5,6 +5,8 @@ import { type PushBlobResult, RegistryClient } from './client.js'
 import { type OciLayoutLike, withContext } from './layout-like.js'
 import type { ImageRef } from './ref.js'
 
+/** What pushImage sends (`source` in `layout`), where (`ref`, `tags`), and which repository may
+ *  already hold its blobs. */
 export interface PushImageOptions {
   layout: OciLayoutLike
   /** A tag or a digest in the layout. */
@@ -21,6 +23,7 @@ export interface PushImageOptions {
   concurrency?: number
 }
 
+/** The pushed manifest and what pushing took for each blob (see pushImageDetailed). */
 export interface PushImageResult {
   descriptor: Descriptor
   /** What happened to each blob. */

@@ -25,6 +25,7 @@ export interface PullSource {
   mirror: boolean
 }
 
+/** The environment that names registries.conf (`CONTAINERS_REGISTRIES_CONF`, `HOME`). */
 export interface RegistriesConfOptions {
   env?: NodeJS.ProcessEnv
 }

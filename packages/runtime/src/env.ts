@@ -17,6 +17,8 @@ export const DEFAULT_PASSTHROUGH: readonly string[] = Object.freeze([
   'SOURCE_DATE_EPOCH',
 ])
 
+/** What a layer's container environment is made of (see buildEnvironment): the host's variables to
+ *  pass through, the stackerfile's `build_env` and the build's SOURCE_DATE_EPOCH. */
 export interface BuildEnvironmentOptions {
   readonly hostEnv: NodeJS.ProcessEnv
   /** Regexes matched against host variable names, each anchored as `^re$` (upstream's literal

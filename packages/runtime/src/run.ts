@@ -18,6 +18,8 @@ import {
   capabilitiesInMask,
 } from './spec.js'
 
+/** One command in one container: the rootfs it runs in, what it runs, with which environment,
+ *  binds and output handling, and where runc keeps its state. */
 export interface RunOptions {
   /** An already-mounted rootfs (the overlay merged dir); runc uses it in place. */
   rootfs: string
@@ -56,6 +58,8 @@ export interface RunOptions {
   signal?: AbortSignal
 }
 
+/** How the command ended. A non-zero exit is a result, not an error: the caller decides what a
+ *  failed `run` means for the build. */
 export interface RunResult {
   /** The command's exit status; 128+N when it died of signal N (runc reports both the same way). */
   exitCode: number
