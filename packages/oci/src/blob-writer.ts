@@ -33,6 +33,9 @@ export interface BlobWriter {
   /** Appends a chunk. The chunk must not be modified until the returned promise settles. Calls may
    *  overlap; they are applied in call order. */
   write(chunk: Uint8Array): Promise<void>
+  /** Appends several chunks with one system call (a socket's reads gathered without copying them
+   *  into one buffer). The same rules as write(); an empty list writes nothing. */
+  writev(chunks: readonly Uint8Array[]): Promise<void>
   /** Finishes the blob: fsyncs, verifies `expected` (merged with the writer's own), and renames it
    *  into place. Idempotent with respect to the store: an existing blob with the same digest is kept.
    *  On a mismatch the temp file is removed and DIGEST is thrown. */
@@ -81,18 +84,22 @@ export class LayoutBlobWriter implements BlobWriter {
   }
 
   write(chunk: Uint8Array): Promise<void> {
+    return this.writev([chunk])
+  }
+
+  writev(chunks: readonly Uint8Array[]): Promise<void> {
     if (this.#state !== 'open') return Promise.reject(new StackerError('INTERNAL', `blob writer is ${this.#state}`))
-    this.#hasher?.update(chunk)
-    this.#written += chunk.byteLength
+    let total = 0
+    for (const c of chunks) {
+      this.#hasher?.update(c)
+      total += c.byteLength
+    }
+    this.#written += total
     const p = this.#queue.then(async () => {
       if (this.#error !== undefined) throw this.#error
       try {
         const fh = await this.#handle()
-        let off = 0
-        while (off < chunk.byteLength) {
-          const { bytesWritten } = await fh.write(chunk, off, chunk.byteLength - off)
-          off += bytesWritten
-        }
+        await writeAll(fh, chunks, total)
       } catch (e) {
         this.#error ??= e
         throw e
@@ -182,6 +189,34 @@ export class LayoutBlobWriter implements BlobWriter {
     this.#releaseDigest?.()
     this.#unregister()
   }
+}
+
+/** Writes every byte of `chunks` at the file's position: one writev, and more only after a short
+ *  write (which a regular file rarely does, but may on a full disk or a signal). */
+async function writeAll(fh: FileHandle, chunks: readonly Uint8Array[], total: number): Promise<void> {
+  let rest: readonly Uint8Array[] = chunks
+  let left = total
+  while (left > 0) {
+    const { bytesWritten } = rest.length === 1 ? await fh.write(rest[0] as Uint8Array) : await fh.writev(rest)
+    if (bytesWritten <= 0) throw Object.assign(new Error('the file took no bytes'), { code: 'EIO' })
+    left -= bytesWritten
+    if (left > 0) rest = skipBytes(rest, bytesWritten)
+  }
+}
+
+/** `chunks` without their first `n` bytes (views, no copy). */
+function skipBytes(chunks: readonly Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = []
+  let skip = n
+  for (const c of chunks) {
+    if (skip >= c.byteLength) {
+      skip -= c.byteLength
+      continue
+    }
+    out.push(skip > 0 ? c.subarray(skip) : c)
+    skip = 0
+  }
+  return out
 }
 
 export function checkExpected(actual: BlobInfo, expected: ExpectedBlob): void {

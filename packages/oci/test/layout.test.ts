@@ -209,6 +209,21 @@ describe('blobs', () => {
     expect(empty).toEqual({ digest: sha256Digest(''), size: 0 })
   })
 
+  it('writes gathered chunks in order, interleaved with single writes', async () => {
+    const l = await newLayout()
+    const w = l.createBlobWriter()
+    const big = Buffer.alloc(3 << 20, 7)
+    await Promise.all([
+      w.writev([Buffer.from('ab'), Buffer.alloc(0), Buffer.from('c')]),
+      w.write(Buffer.from('d')),
+      w.writev([]),
+      w.writev([big.subarray(0, 1 << 20), big.subarray(1 << 20)]),
+    ])
+    const want = Buffer.concat([Buffer.from('abcd'), big])
+    const info = await w.commit({ digest: sha256Digest(want), size: want.byteLength })
+    expect((await l.readBlob(info.digest)).equals(want)).toBe(true)
+  })
+
   it('a failed commit removes the temp file', async () => {
     const l = await newLayout()
     const w = l.createBlobWriter({ digest: sha256Digest('other') })
