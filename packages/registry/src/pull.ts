@@ -1,4 +1,3 @@
-import { type FileHandle, open } from 'node:fs/promises'
 import { type Digest, isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
 import {
   type BlobWriter,
@@ -168,18 +167,22 @@ async function fetchInto(
 ): Promise<BlobWriter> {
   const { retries, delayMs } = client.retryPolicy
   for (let attempt = 0; ; attempt++) {
-    // fetchBlob's stream checks the digest before it ends (and the writer is committed only after
-    // a clean end): hashing every byte a second time in the writer would cost a pull its CPU.
-    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size, verifiedByProducer: true })
+    // The writer hashes the blob (a large one on another thread, from the file as it grows), so the
+    // stream checks only the size and the main thread only moves bytes; seal() gives the digest
+    // before anything is committed, so a bad blob still fails the pull with nothing of it visible.
+    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
     try {
       const batch = new WriteBatch(w)
       try {
-        for await (const chunk of await client.fetchBlob(desc)) {
+        for await (const chunk of await client.fetchBlob(desc, { consumerVerifies: true })) {
           if ('failure' in state) throw ABANDONED
           await batch.add(chunk)
         }
         await batch.flush()
-        await flushToDisk(w.path)
+        // Also gets the bytes to the disk while other blobs still download.
+        const got = await w.seal()
+        if (got.digest !== desc.digest)
+          throw new StackerError('DIGEST', `blob ${desc.digest} does not match its digest (got ${got.digest})`)
       } catch (e) {
         // Every write settles before the writer is aborted.
         await batch.flush().catch(() => {})
@@ -194,24 +197,9 @@ async function fetchInto(
   }
 }
 
-/** Gets a finished blob's bytes to the disk while other blobs still download, so that the fsync of
- *  commit() has little left to do and the commits at the end are quick. Best effort: commit()
- *  fsyncs anyway. */
-async function flushToDisk(path: string): Promise<void> {
-  let fh: FileHandle | undefined
-  try {
-    fh = await open(path, 'r')
-    await fh.datasync()
-  } catch {
-    // The commit's own fsync is what counts.
-  } finally {
-    await fh?.close().catch(() => {})
-  }
-}
-
-/** Commits every writer at once (each fsyncs its file: the disk can take them together). Every
- *  blob was verified as it came in, so only I/O can fail here; a writer that fails removes its own
- *  temp file, and the first error is thrown. */
+/** Commits every writer at once. Every blob was sealed (synced and verified) as it came in, so
+ *  only I/O can fail here; a writer that fails removes its own temp file, and the first error is
+ *  thrown. */
 async function commitAll(writers: BlobWriter[]): Promise<void> {
   const settled = await Promise.allSettled(writers.map((w) => w.commit()))
   for (const r of settled) if (r.status === 'rejected') throw r.reason
