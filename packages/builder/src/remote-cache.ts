@@ -289,8 +289,9 @@ export class RemoteCache {
   }
 
   /** Copies `blobs` from the record's repository into the build's layout (each verified by
-   *  digest and size before it is committed), three at a time. Blobs already there are skipped.
-   *  A blob in `diffIds` (a gzip tar) must also decompress to that digest, checked as it streams. */
+   *  digest and size before it is committed, see stageBlob), three at a time. Blobs already there
+   *  are skipped. A blob in `diffIds` (a gzip tar) must also decompress to that digest, checked as
+   *  it streams. */
   async fetchBlobs(
     ctx: BuildContext,
     found: FoundRecord,
@@ -298,6 +299,7 @@ export class RemoteCache {
     diffIds: ReadonlyMap<string, Digest> = new Map(),
   ): Promise<void> {
     const client = await found.endpoint.client()
+    const { stageBlob } = await import('@stacker/registry')
     const todo: Descriptor[] = []
     const seen = new Set<string>()
     for (const d of blobs) {
@@ -309,9 +311,14 @@ export class RemoteCache {
     const worker = async () => {
       while (next < todo.length) {
         const d = todo[next++] as Descriptor
-        const body = await client.fetchBlob(d)
         const diffId = diffIds.get(d.digest)
-        await ctx.layout.putBlob(diffId ? checkingDiffId(body, d, diffId) : body, { digest: d.digest, size: d.size })
+        const w = await stageBlob(
+          client,
+          ctx.layout,
+          d,
+          diffId ? { through: (body) => checkingDiffId(body, d, diffId) } : {},
+        )
+        await w.commit()
       }
     }
     await Promise.all([worker(), worker(), worker()])
@@ -448,7 +455,8 @@ async function* checkingDiffId(
   if (!/\+gzip$/.test(d.mediaType) && !d.mediaType.endsWith('.gzip'))
     throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`)
   const { createGunzip } = await import('node:zlib')
-  const gunzip = createGunzip()
+  // Large output chunks: with zlib's default 16 KiB, handing each one back costs more than hashing it.
+  const gunzip = createGunzip({ chunkSize: 1 << 20 })
   const h = new Hasher()
   const done = new Promise<void>((resolve, reject) => {
     gunzip.on('data', (c: Buffer) => h.update(c))

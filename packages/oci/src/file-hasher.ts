@@ -152,3 +152,13 @@ export async function openFileHasher(path: string, algorithm: 'sha256' | 'sha512
     },
   }
 }
+
+/** The digest of the first `size` bytes of a finished file, hashed on a worker thread (several
+ *  files at once hash on several cores). */
+export async function hashFileOffThread(
+  path: string,
+  size: number,
+  algorithm: 'sha256' | 'sha512' = 'sha256',
+): Promise<Digest> {
+  return (await openFileHasher(path, algorithm)).finish(size)
+}

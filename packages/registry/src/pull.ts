@@ -165,6 +165,29 @@ async function fetchInto(
   desc: Descriptor,
   state: { failure?: unknown },
 ): Promise<BlobWriter> {
+  return stageBlob(client, layout, desc, { abandoned: () => 'failure' in state })
+}
+
+/** What stageBlob does besides downloading. */
+export interface StageBlobOptions {
+  /** Passes the download through (e.g. to check what it uncompresses to); it must yield the bytes
+   *  unchanged, and may throw (before its end) to refuse them. */
+  through?: (body: AsyncIterable<Uint8Array>) => AsyncIterable<Uint8Array>
+  /** Polled between chunks: true stops the download (another blob failed). */
+  abandoned?: () => boolean
+}
+
+/**
+ * Downloads blob `desc` into a writer of `layout` and seals it: the writer is returned synced and
+ * verified (digest and size), not yet committed; the caller commits or aborts it. A lost transfer
+ * is retried as the client's policy says. A large blob is hashed off the main thread.
+ */
+export async function stageBlob(
+  client: RegistryClient,
+  layout: OciLayoutLike,
+  desc: Descriptor,
+  opts: StageBlobOptions = {},
+): Promise<BlobWriter> {
   const { retries, delayMs } = client.retryPolicy
   for (let attempt = 0; ; attempt++) {
     // The writer hashes the blob (a large one on another thread, from the file as it grows), so the
@@ -174,8 +197,9 @@ async function fetchInto(
     try {
       const batch = new WriteBatch(w)
       try {
-        for await (const chunk of await client.fetchBlob(desc, { consumerVerifies: true })) {
-          if ('failure' in state) throw ABANDONED
+        const body = await client.fetchBlob(desc, { consumerVerifies: true })
+        for await (const chunk of opts.through ? opts.through(body) : body) {
+          if (opts.abandoned?.()) throw ABANDONED
           await batch.add(chunk)
         }
         await batch.flush()
