@@ -16,7 +16,7 @@ export {
   isRetryable,
 } from './client.js'
 export type { OciLayoutLike } from './layout-like.js'
-export { pullImage, type PullImageOptions, stageBlob, type StageBlobOptions } from './pull.js'
+export { pullImage, type PullImageOptions, type BlobCheck, stageBlob, type StageBlobOptions } from './pull.js'
 export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'
 export {
   MountSources,

@@ -168,11 +168,23 @@ async function fetchInto(
   return stageBlob(client, layout, desc, { abandoned: () => 'failure' in state })
 }
 
+/** A check of a blob's content besides its digest. Its verdict is asked only once the blob matched
+ *  its digest: bytes that are not the blob fail as such, whatever else they would fail. */
+export interface BlobCheck {
+  /** Takes a chunk (not modified afterwards); resolves when there is room for more. Never rejects:
+   *  a failure is kept for end(). */
+  write(chunk: Uint8Array): Promise<void>
+  /** Resolves when every byte passed the check, else rejects. */
+  end(): Promise<void>
+  /** Stops the check and releases what it holds (the attempt failed). */
+  abort(): void
+}
+
 /** What stageBlob does besides downloading. */
 export interface StageBlobOptions {
-  /** Passes the download through (e.g. to check what it uncompresses to); it must yield the bytes
-   *  unchanged, and may throw (before its end) to refuse them. */
-  through?: (body: AsyncIterable<Uint8Array>) => AsyncIterable<Uint8Array>
+  /** Makes a check that sees every byte of an attempt besides the writer (e.g. of what the blob
+   *  uncompresses to). */
+  check?: () => BlobCheck
   /** Polled between chunks: true stops the download (another blob failed). */
   abandoned?: () => boolean
 }
@@ -194,19 +206,21 @@ export async function stageBlob(
     // stream checks only the size and the main thread only moves bytes; seal() gives the digest
     // before anything is committed, so a bad blob still fails the pull with nothing of it visible.
     const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
+    const check = opts.check?.()
     try {
       const batch = new WriteBatch(w)
       try {
-        const body = await client.fetchBlob(desc, { consumerVerifies: true })
-        for await (const chunk of opts.through ? opts.through(body) : body) {
+        for await (const chunk of await client.fetchBlob(desc, { consumerVerifies: true })) {
           if (opts.abandoned?.()) throw ABANDONED
           await batch.add(chunk)
+          await check?.write(chunk)
         }
         await batch.flush()
         // Also gets the bytes to the disk while other blobs still download.
         const got = await w.seal()
         if (got.digest !== desc.digest)
           throw new StackerError('DIGEST', `blob ${desc.digest} does not match its digest (got ${got.digest})`)
+        await check?.end()
       } catch (e) {
         // Every write settles before the writer is aborted.
         await batch.flush().catch(() => {})
@@ -214,6 +228,7 @@ export async function stageBlob(
       }
       return w
     } catch (e) {
+      check?.abort()
       await w.abort()
       if (!isRetryable(e) || attempt >= retries) throw e
       await new Promise((r) => setTimeout(r, delayMs * 2 ** attempt))
