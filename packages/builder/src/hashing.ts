@@ -2,6 +2,7 @@ import { type BigIntStats, createReadStream, lstatSync, readdirSync, readFileSyn
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { atomicWriteFile, Hasher, isDigest, sha256Digest, type Digest } from '@stacker/core'
+import { hashFileOffThread } from '@stacker/oci'
 
 interface StatKey {
   dev: number
@@ -93,6 +94,9 @@ const SMALL_FILE = 1 << 20
 export async function hashFile(path: string, size?: number): Promise<Digest> {
   const h = new Hasher()
   if (size !== undefined && size <= SMALL_FILE) h.update(readFileSync(path))
+  // A big file of known size is hashed by a worker thread, so a tree's big files hash in parallel
+  // with each other and with the walk.
+  else if (size !== undefined) return hashFileOffThread(path, size)
   else for await (const chunk of createReadStream(path, { highWaterMark: SMALL_FILE })) h.update(chunk as Buffer)
   return h.digest()
 }
@@ -106,6 +110,8 @@ export interface TreeEntry {
  *  contents (not times). Returns per-entry digests as well, for "what changed" messages. */
 export async function hashTree(root: string, cache: HashCache): Promise<{ digest: Digest; entries: TreeEntry[] }> {
   const entries: TreeEntry[] = []
+  // Big files' digests, worked out meanwhile (see hashFile) and put in their entries at the end.
+  const pending: Promise<void>[] = []
   // Metadata is read synchronously (see SMALL_FILE); only big files' contents are streamed.
   const walk = async (abs: string, rel: string): Promise<void> => {
     const st = lstatSync(abs, { bigint: true })
@@ -117,12 +123,28 @@ export async function hashTree(root: string, cache: HashCache): Promise<{ digest
     } else if (st.isSymbolicLink()) {
       entries.push({ path: rel || '.', digest: `l ${meta} ${readlinkSync(abs)}` })
     } else if (st.isFile()) {
-      entries.push({ path: rel || '.', digest: `f ${meta} ${await cache.fileDigest(abs, st)}` })
+      const entry = { path: rel || '.', digest: '' }
+      entries.push(entry)
+      const digest = cache.fileDigest(abs, st)
+      if (st.size <= SMALL_FILE) entry.digest = `f ${meta} ${await digest}`
+      else
+        pending.push(
+          digest.then((d) => {
+            entry.digest = `f ${meta} ${d}`
+          }),
+        )
     } else {
       entries.push({ path: rel || '.', digest: `o ${meta} ${st.rdev}` })
     }
   }
-  await walk(root, '')
+  // Settled even after the walk failed, so that no read of this tree is left running.
+  const walked = await walk(root, '').then(
+    () => undefined,
+    (e: unknown) => ({ e }),
+  )
+  const settled = await Promise.allSettled(pending)
+  if (walked) throw walked.e
+  for (const r of settled) if (r.status === 'rejected') throw r.reason
   const digest = sha256Digest(entries.map((e) => `${e.path}\0${e.digest}`).join('\n'))
   return { digest, entries }
 }

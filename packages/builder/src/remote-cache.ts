@@ -9,7 +9,7 @@ import {
   sha256Digest,
 } from '@stacker/core'
 import type { Descriptor, Manifest } from '@stacker/oci'
-import type { ImageRef, RegistryClient } from '@stacker/registry'
+import type { BlobCheck, ImageRef, RegistryClient } from '@stacker/registry'
 import type { Layer } from '@stacker/stackerfile'
 import type { BuildContext, BuiltLayer } from './context.js'
 import { outputProjections } from './image.js'
@@ -297,8 +297,9 @@ export class RemoteCache {
   }
 
   /** Copies `blobs` from the record's repository into the build's layout (each verified by
-   *  digest and size before it is committed), three at a time. Blobs already there are skipped.
-   *  A blob in `diffIds` (a gzip tar) must also decompress to that digest, checked as it streams. */
+   *  digest and size before it is committed, see stageBlob), three at a time. Blobs already there
+   *  are skipped. A blob in `diffIds` (a gzip tar) must also decompress to that digest, checked as
+   *  it streams. */
   async fetchBlobs(
     ctx: BuildContext,
     found: FoundRecord,
@@ -306,6 +307,8 @@ export class RemoteCache {
     diffIds: ReadonlyMap<string, Digest> = new Map(),
   ): Promise<void> {
     const client = await found.endpoint.client()
+    const { stageBlob } = await import('@stacker/registry')
+    const { createGunzip } = await import('node:zlib')
     const todo: Descriptor[] = []
     const seen = new Set<string>()
     for (const d of blobs) {
@@ -317,9 +320,18 @@ export class RemoteCache {
     const worker = async () => {
       while (next < todo.length) {
         const d = todo[next++] as Descriptor
-        const body = await client.fetchBlob(d)
         const diffId = diffIds.get(d.digest)
-        await ctx.layout.putBlob(diffId ? checkingDiffId(body, d, diffId) : body, { digest: d.digest, size: d.size })
+        if (diffId && !/\+gzip$/.test(d.mediaType) && !d.mediaType.endsWith('.gzip'))
+          throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`, {
+            detail: { reason: 'protocol', retryable: false },
+          })
+        const w = await stageBlob(
+          client,
+          ctx.layout,
+          d,
+          diffId ? { check: () => diffIdCheck(createGunzip, d, diffId) } : {},
+        )
+        await w.commit()
       }
     }
     await Promise.all([worker(), worker(), worker()])
@@ -449,42 +461,44 @@ async function makeRecord(ctx: BuildContext, b: BuiltLayer): Promise<CacheRecord
 
 const CHECK_BUFFER = 32 << 20
 
-/** Passes `body` through while gunzipping and hashing a copy; fails at the end (before the
- *  consumer can commit) unless the uncompressed bytes have digest `diffId`. */
-async function* checkingDiffId(
-  body: AsyncIterable<Uint8Array>,
-  d: Descriptor,
-  diffId: Digest,
-): AsyncGenerator<Uint8Array> {
-  if (!/\+gzip$/.test(d.mediaType) && !d.mediaType.endsWith('.gzip'))
-    throw new StackerError('REGISTRY', `blob ${d.digest} is a ${d.mediaType}, not a gzip tar`, {
-      detail: { reason: 'protocol', retryable: false },
-    })
-  const { createGunzip } = await import('node:zlib')
-  const gunzip = createGunzip()
+/** Gunzips and hashes a copy of a download; its end() fails unless the uncompressed bytes have
+ *  digest `diffId`. */
+function diffIdCheck(createGunzip: typeof import('node:zlib').createGunzip, d: Descriptor, diffId: Digest): BlobCheck {
+  // Large output chunks: with zlib's default 16 KiB, handing each one back costs more than hashing it.
+  const gunzip = createGunzip({ chunkSize: 1 << 20 })
   const h = new Hasher()
+  let failure: unknown
   const done = new Promise<void>((resolve, reject) => {
     gunzip.on('data', (c: Buffer) => h.update(c))
     gunzip.on('end', resolve)
-    gunzip.on('error', reject)
+    gunzip.on('error', (e) => {
+      failure ??= e
+      reject(e)
+    })
   })
   done.catch(() => {})
-  try {
-    for await (const chunk of body) {
+  return {
+    async write(chunk) {
+      if (failure !== undefined) return
       gunzip.write(chunk)
-      yield chunk
       // The download goes on while zlib (on the thread pool) catches up, up to a bound on memory.
-      if (gunzip.writableLength > CHECK_BUFFER) await new Promise<void>((r) => gunzip.once('drain', r))
-    }
-    gunzip.end()
-    await done
-  } catch (e) {
-    gunzip.destroy()
-    if (e instanceof StackerError) throw e
-    throw new StackerError('DIGEST', `blob ${d.digest} is not a valid gzip stream`, { cause: e })
+      if (gunzip.writableLength > CHECK_BUFFER)
+        await Promise.race([new Promise<void>((r) => gunzip.once('drain', r)), done.catch(() => {})])
+    },
+    async end() {
+      try {
+        gunzip.end()
+        await done
+      } catch (e) {
+        throw new StackerError('DIGEST', `blob ${d.digest} is not a valid gzip stream`, { cause: e })
+      }
+      const got = h.digest()
+      if (got !== diffId) throw new StackerError('DIGEST', `blob ${d.digest} uncompresses to ${got}, not ${diffId}`)
+    },
+    abort() {
+      gunzip.destroy()
+    },
   }
-  const got = h.digest()
-  if (got !== diffId) throw new StackerError('DIGEST', `blob ${d.digest} uncompresses to ${got}, not ${diffId}`)
 }
 
 function blobOf(p: Projection): RecordBlob {

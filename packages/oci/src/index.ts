@@ -13,6 +13,7 @@ export {
 } from './media-types.js'
 export { validateRefName, isValidRefName, REF_NAME_RE, goQuote } from './ref-name.js'
 export type { BlobWriter, BlobInfo, ExpectedBlob } from './blob-writer.js'
+export { type FileHasher, hashFileOffThread, openFileHasher } from './file-hasher.js'
 export {
   OciLayout,
   type OpenOptions,

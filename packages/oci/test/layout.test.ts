@@ -6,6 +6,7 @@ import { canonicalJson, type Digest, memoryLogger, sha256Digest, StackerError } 
 import { describe, expect, it } from 'vitest'
 import { Annotations, type Descriptor, MediaTypes, mutateImage, OciLayout } from '../src/index.js'
 import { chunks, useTempDirs } from './helpers.js'
+import { OFF_THREAD_MIN } from '../src/blob-writer.js'
 
 const tempDir = useTempDirs()
 
@@ -207,6 +208,49 @@ describe('blobs', () => {
     expect(await l.hasBlob(info.digest)).toBe(true)
     const empty = await l.createBlobWriter().commit()
     expect(empty).toEqual({ digest: sha256Digest(''), size: 0 })
+  })
+
+  it('writes gathered chunks in order, interleaved with single writes', async () => {
+    const l = await newLayout()
+    const w = l.createBlobWriter()
+    const big = Buffer.alloc(3 << 20, 7)
+    await Promise.all([
+      w.writev([Buffer.from('ab'), Buffer.alloc(0), Buffer.from('c')]),
+      w.write(Buffer.from('d')),
+      w.writev([]),
+      w.writev([big.subarray(0, 1 << 20), big.subarray(1 << 20)]),
+    ])
+    const want = Buffer.concat([Buffer.from('abcd'), big])
+    const info = await w.commit({ digest: sha256Digest(want), size: want.byteLength })
+    expect((await l.readBlob(info.digest)).equals(want)).toBe(true)
+  })
+
+  it('verifies a large blob of known size (hashed off the main thread) before it is visible', async () => {
+    const l = await newLayout()
+    const good = Buffer.alloc(OFF_THREAD_MIN + 12345, 1)
+    for (let i = 0; i < good.length; i += 4093) good[i] = i & 0xff
+    const bad = Buffer.from(good)
+    bad[bad.length - 1] ^= 1
+    const want = { digest: sha256Digest(good), size: good.length }
+
+    const w = l.createBlobWriter(want)
+    for (let off = 0; off < bad.length; off += 65536) await w.writev([bad.subarray(off, off + 65536)])
+    expect(await w.seal()).toEqual({ digest: sha256Digest(bad), size: bad.length })
+    await expect(w.write(Buffer.from('x'))).rejects.toThrow('sealed')
+    expect(await blobNames(l)).toEqual([])
+    expect((await rejection(w.commit())).code).toBe('DIGEST')
+    expect(await tempNames(l)).toEqual([])
+    expect(await blobNames(l)).toEqual([])
+
+    const ok = l.createBlobWriter(want)
+    await Promise.all([ok.write(good.subarray(0, 1000)), ok.writev([good.subarray(1000)])])
+    expect(await ok.commit()).toEqual(want)
+    expect((await l.readBlob(want.digest)).equals(good)).toBe(true)
+
+    const dropped = l.createBlobWriter(want)
+    await dropped.write(good.subarray(0, 3 << 20))
+    await dropped.abort()
+    expect(await tempNames(l)).toEqual([])
   })
 
   it('a failed commit removes the temp file', async () => {

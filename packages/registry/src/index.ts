@@ -16,7 +16,7 @@ export {
 } from './client.js'
 export { isRetryable, OFFLINE_REASONS, type RegistryReason } from './errors.js'
 export type { OciLayoutLike } from './layout-like.js'
-export { pullImage, type PullImageOptions } from './pull.js'
+export { pullImage, type PullImageOptions, type BlobCheck, stageBlob, type StageBlobOptions } from './pull.js'
 export { pushImage, pushImageDetailed, type PushImageOptions, type PushImageResult } from './push.js'
 export {
   MountSources,

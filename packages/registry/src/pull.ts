@@ -1,4 +1,3 @@
-import { type FileHandle, open } from 'node:fs/promises'
 import { type Digest, isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
 import {
   type BlobWriter,
@@ -174,20 +173,62 @@ async function fetchInto(
   desc: Descriptor,
   state: { failure?: unknown },
 ): Promise<BlobWriter> {
+  return stageBlob(client, layout, desc, { abandoned: () => 'failure' in state })
+}
+
+/** A check of a blob's content besides its digest. Its verdict is asked only once the blob matched
+ *  its digest: bytes that are not the blob fail as such, whatever else they would fail. */
+export interface BlobCheck {
+  /** Takes a chunk (not modified afterwards); resolves when there is room for more. Never rejects:
+   *  a failure is kept for end(). */
+  write(chunk: Uint8Array): Promise<void>
+  /** Resolves when every byte passed the check, else rejects. */
+  end(): Promise<void>
+  /** Stops the check and releases what it holds (the attempt failed). */
+  abort(): void
+}
+
+/** What stageBlob does besides downloading. */
+export interface StageBlobOptions {
+  /** Makes a check that sees every byte of an attempt besides the writer (e.g. of what the blob
+   *  uncompresses to). */
+  check?: () => BlobCheck
+  /** Polled between chunks: true stops the download (another blob failed). */
+  abandoned?: () => boolean
+}
+
+/**
+ * Downloads blob `desc` into a writer of `layout` and seals it: the writer is returned synced and
+ * verified (digest and size), not yet committed; the caller commits or aborts it. A lost transfer
+ * is retried as the client's policy says. A large blob is hashed off the main thread.
+ */
+export async function stageBlob(
+  client: RegistryClient,
+  layout: OciLayoutLike,
+  desc: Descriptor,
+  opts: StageBlobOptions = {},
+): Promise<BlobWriter> {
   const { retries, delayMs } = client.retryPolicy
   for (let attempt = 0; ; attempt++) {
-    // fetchBlob's stream checks the digest before it ends (and the writer is committed only after
-    // a clean end): hashing every byte a second time in the writer would cost a pull its CPU.
-    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size, verifiedByProducer: true })
+    // The writer hashes the blob (a large one on another thread, from the file as it grows), so the
+    // stream checks only the size and the main thread only moves bytes; seal() gives the digest
+    // before anything is committed, so a bad blob still fails the pull with nothing of it visible.
+    const w = layout.createBlobWriter({ digest: desc.digest, size: desc.size })
+    const check = opts.check?.()
     try {
       const batch = new WriteBatch(w)
       try {
-        for await (const chunk of await client.fetchBlob(desc)) {
-          if ('failure' in state) throw ABANDONED
+        for await (const chunk of await client.fetchBlob(desc, { consumerVerifies: true })) {
+          if (opts.abandoned?.()) throw ABANDONED
           await batch.add(chunk)
+          await check?.write(chunk)
         }
         await batch.flush()
-        await flushToDisk(w.path)
+        // Also gets the bytes to the disk while other blobs still download.
+        const got = await w.seal()
+        if (got.digest !== desc.digest)
+          throw new StackerError('DIGEST', `blob ${desc.digest} does not match its digest (got ${got.digest})`)
+        await check?.end()
       } catch (e) {
         // Every write settles before the writer is aborted.
         await batch.flush().catch(() => {})
@@ -195,6 +236,7 @@ async function fetchInto(
       }
       return w
     } catch (e) {
+      check?.abort()
       await w.abort()
       if (!isRetryable(e) || attempt >= retries) throw e
       await new Promise((r) => setTimeout(r, delayMs * 2 ** attempt))
@@ -202,24 +244,9 @@ async function fetchInto(
   }
 }
 
-/** Gets a finished blob's bytes to the disk while other blobs still download, so that the fsync of
- *  commit() has little left to do and the commits at the end are quick. Best effort: commit()
- *  fsyncs anyway. */
-async function flushToDisk(path: string): Promise<void> {
-  let fh: FileHandle | undefined
-  try {
-    fh = await open(path, 'r')
-    await fh.datasync()
-  } catch {
-    // The commit's own fsync is what counts.
-  } finally {
-    await fh?.close().catch(() => {})
-  }
-}
-
-/** Commits every writer at once (each fsyncs its file: the disk can take them together). Every
- *  blob was verified as it came in, so only I/O can fail here; a writer that fails removes its own
- *  temp file, and the first error is thrown. */
+/** Commits every writer at once. Every blob was sealed (synced and verified) as it came in, so
+ *  only I/O can fail here; a writer that fails removes its own temp file, and the first error is
+ *  thrown. */
 async function commitAll(writers: BlobWriter[]): Promise<void> {
   const settled = await Promise.allSettled(writers.map((w) => w.commit()))
   for (const r of settled) if (r.status === 'rejected') throw r.reason
