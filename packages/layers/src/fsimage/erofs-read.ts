@@ -31,6 +31,7 @@ import {
 } from './erofs-image.js'
 import { LZ4_MIN_WINDOW, Lz4FormatError, lz4DecodeBlock } from './lz4.js'
 
+/** How extractErofs reports, stops and sets times. */
 export interface ExtractErofsOptions {
   logger?: Logger
   /** Checked before each entry: once aborted, extraction stops with the signal's reason. */
