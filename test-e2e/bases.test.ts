@@ -357,8 +357,12 @@ describe('a hostile base layer', () => {
     entries: (tag: string) => Entry[],
   ): Promise<{ r: StackerResult; p: TempProject; tag: string }> {
     const tag = randomBytes(6).toString('hex')
+    // The import with a destination reads the base (its symlinks decide where /marker lands): base
+    // layers are extracted when something first reads them.
     const p = await tempProject({
-      'stacker.yaml': 'h:\n  from: {type: oci, url: "hostile:latest"}\n',
+      'stacker.yaml':
+        'h:\n  from: {type: oci, url: "hostile:latest"}\n  imports:\n    - {path: marker, dest: /marker}\n',
+      marker: 'marker\n',
     })
     await hostileLayout(p.path('hostile'), await tarOf(entries(tag)))
     const r = await stacker(['build'], { cwd: p.dir, env: SDE, timeoutMs: 120_000 })
@@ -429,10 +433,68 @@ describe('a hostile base layer', () => {
       await expectContained(p, tag)
       // Whatever was made, none of it is the host's /etc/passwd.
       const content = p.path('roots/.store/content')
+      if (r.exitCode === 0) expect((await readdir(content)).filter((n) => n.startsWith('sha256_'))).toHaveLength(1)
       for (const c of existsSync(content) ? await readdir(content) : [])
         for (const f of await readdir(join(content, c)).catch(() => []))
           expect((await lstat(join(content, c, f))).ino, f).not.toBe(hostPasswd.ino)
       expect((await stat('/etc/passwd')).nlink).toBe(hostPasswd.nlink)
+      assertNoMountsUnder(p.dir)
+    } finally {
+      await p.cleanup()
+    }
+  })
+})
+
+describe('base layers extracted on first read', () => {
+  it('keeps an unread base layer as its blob, extracts it for its first reader, and refuses a corrupt one', async () => {
+    const f = fixtures()
+    const p = await tempProject({
+      'hello.txt': 'hello\n',
+      'noread.yaml': 'noread:\n  from: {type: oci, url: "base:latest"}\n  imports:\n    - hello.txt\n',
+      'reader.yaml':
+        'noread:\n  from: {type: oci, url: "base:latest"}\n  imports:\n    - hello.txt\n' +
+        'reader:\n  from: {type: built, tag: noread}\n  run: test -x /bin/busybox && echo read > /read\n',
+    })
+    try {
+      run('cp', ['-a', f.busyboxLayout, p.path('base')], p.dir)
+      const [layer] = await busyboxLayers()
+      const hex = (layer as string).replace('sha256:', '')
+      const kept = p.path(`.stacker/layer-bases/pulled/sha256_${hex}.blob`)
+      const content = p.path(`roots/.store/content/sha256_${hex}`)
+
+      // Nothing reads the base: its layer is kept, not extracted, and the image still has it.
+      expectOk(await stacker(['build', '-f', 'noread.yaml'], { cwd: p.dir, env: SDE }))
+      expect(existsSync(kept)).toBe(true)
+      expect(existsSync(content)).toBe(false)
+      expect((await readManifest(p.path('oci'), 'noread')).layers.map((l) => l.digest)).toEqual([layer])
+
+      // The base's blob changes in place (the kept file is a link to it): the first reader refuses
+      // it, with one error naming the image's blob, and keeps nothing of it.
+      const blob = p.path(`base/blobs/sha256/${hex}`)
+      const bytes = await readFile(blob)
+      bytes[bytes.length - 100] = (bytes[bytes.length - 100] as number) ^ 0xff
+      await writeFile(blob, bytes)
+      const bad = await stacker(['build', '-f', 'reader.yaml'], { cwd: p.dir, env: SDE })
+      expect(bad.exitCode, bad.stderr).toBe(1)
+      const errors = bad.stderr.split('\n').filter((l) => l.startsWith('error:'))
+      expect(errors).toHaveLength(1)
+      expect(errors[0]).toMatch(
+        new RegExp(`^error: blob sha256:${hex} is corrupt: .*base/blobs/sha256/${hex} has digest`),
+      )
+      expect(existsSync(kept)).toBe(false)
+      expect(existsSync(content)).toBe(false)
+      assertNoMountsUnder(p.dir)
+
+      // The layout copied again: the next build links its blob afresh and extracts the right content.
+      run('rm', ['-rf', p.path('base')], p.dir)
+      run('cp', ['-a', f.busyboxLayout, p.path('base')], p.dir)
+      const good = expectOk(await stacker(['build', '-f', 'reader.yaml'], { cwd: p.dir, env: SDE }))
+      expect(good.stderr).toContain('filesystem reader built successfully')
+      expect(existsSync(content)).toBe(true)
+      expect(existsSync(kept)).toBe(false)
+      expect((await lstat(p.path(`roots/sha256_${hex}/overlay/bin/busybox`))).isFile()).toBe(true)
+      const u = await umociUnpack(p.path('oci'), 'reader', p.path('u-reader'))
+      expect(await readFile(join(u, 'read'), 'utf8')).toBe('read\n')
       assertNoMountsUnder(p.dir)
     } finally {
       await p.cleanup()

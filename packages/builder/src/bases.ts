@@ -3,7 +3,8 @@ import { mkdir, rm } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { StackerError, pathExists } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { contentIdForBlob, registerFsImage } from './fs-contents.js'
+import { contentIdForBlob, FSIMAGE_PREFIX, registerFsImage } from './fs-contents.js'
+import { deferBaseContent } from './pulled-contents.js'
 import { layerKind, OciLayout, type Descriptor, type ImageConfig, type Manifest } from '@stacker/oci'
 import { parseSource, type Layer } from '@stacker/stackerfile'
 import { builtIdentity, openChain, type BuildContext, type BuiltLayer } from './context.js'
@@ -118,15 +119,25 @@ async function openLayoutImage(ctx: BuildContext, dir: string, ref: string, laye
   return image
 }
 
-/** Extracts each layer of a base image once per digest into the store, shared by every layer built on it. */
+/** Makes each layer of a base image available in the store once per digest, shared by every layer
+ *  built on it: tar layers are kept as their blob and extracted by their first reader
+ *  (pulled-contents.ts), or extracted now where the blob cannot be kept without a copy;
+ *  squashfs/erofs ones are opened now. */
 export async function extractImageLayers(ctx: BuildContext, image: BaseImage): Promise<void> {
+  const stackerDir = ctx.s.dirs.stackerDir
   await Promise.all(
     image.manifest.layers.map(async (d, i) => {
+      const id = image.contents[i] as string
       if (layerKind(d.mediaType) !== 'tar') {
-        await registerFsImage(ctx.s.dirs.stackerDir, image.layout, d)
+        await registerFsImage(stackerDir, image.layout, d)
         return
       }
-      await ctx.store.ensureContent(image.contents[i] as string, async (dir) => {
+      if (await ctx.store.hasContent(id)) {
+        await ctx.store.setBlobView(d.digest, id)
+        return
+      }
+      if (await deferBaseContent(stackerDir, image.layout, id, d)) return
+      await ctx.store.ensureContent(id, async (dir) => {
         ctx.logger.debug(`extracting ${d.digest} (${d.mediaType})`)
         await extractTarLayer(image.layout.openBlob(d.digest), dir, {
           ...(ctx.s.signal !== undefined ? { signal: ctx.s.signal } : {}),
@@ -135,10 +146,13 @@ export async function extractImageLayers(ctx: BuildContext, image: BaseImage): P
           sourceDescription: d.digest,
         })
       })
-      await ctx.store.setBlobView(d.digest, image.contents[i] as string)
+      await ctx.store.setBlobView(d.digest, id)
     }),
   )
-  await openChain(ctx, image.contents)
+  await openChain(
+    ctx,
+    image.contents.filter((id) => id.startsWith(FSIMAGE_PREFIX)),
+  )
 }
 
 /** Fetches a `tar` base into `<stacker-dir>/layer-bases/tar/`: a local path (relative to the cwd), an

@@ -37,7 +37,7 @@ import {
 } from './cache.js'
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
 import { HashCache, hashTree } from './hashing.js'
-import { ensureOutput } from './image.js'
+import { ensureOutput, layerGitVersion } from './image.js'
 import { seedProjection } from './projections.js'
 import { hasPulledContent, registerPulledContent } from './pulled-contents.js'
 import { RemoteCache } from './remote-cache.js'
@@ -345,6 +345,8 @@ async function buildOrReuseLayer(ctx: BuildContext, layer: Layer): Promise<Layer
       const prev = await ctx.cache.lastFor(layer.name)
       if (prev) for (const line of explainMiss(prev.parts, parts, ctx.s.debug)) log.info(line)
     }
+    // The image's git_version annotation is looked up while the layer is found or built.
+    void layerGitVersion(ctx, layer)
     if (ctx.remote?.pulls && layer.binds.length === 0) {
       const remote = await useRemoteRecord(ctx, layer, plan)
       if (remote) return remote
@@ -375,7 +377,6 @@ async function buildOrReuseLayer(ctx: BuildContext, layer: Layer): Promise<Layer
       await mount.release()
     }
   }
-  await openChain(ctx, chain)
   const own = await commitLayerContent(ctx, ws.upper, chain)
   if (own !== undefined) {
     chain.push(own)

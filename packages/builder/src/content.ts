@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { getAttributeSync, removeAttributeSync } from '@napi-rs/xattr'
 import { digestHex, Hasher, sha256Digest, type Digest } from '@stacker/core'
 import { createTarStream, OVERLAY_OPAQUE_XATTR } from '@stacker/layers'
-import type { BuildContext } from './context.js'
+import { type BuildContext, openChain } from './context.js'
 
 /** Content ids of generated layer diffs start with this; the rest is derived from the content. */
 export const DIFF_PREFIX = 'd_'
@@ -24,6 +24,9 @@ export async function commitLayerContent(
   lower: readonly string[],
 ): Promise<string | undefined> {
   if ((await readdir(upper)).length === 0) return undefined
+  // The chain is read only here, for what the opaque marks hide: a layer that wrote nothing leaves
+  // base layers that nothing else reads unextracted.
+  await openChain(ctx, lower)
   dropNeedlessOpaqueMarks(
     upper,
     lower.map((id) => ctx.store.contentPath(id)),

@@ -65,7 +65,7 @@ export interface BuildContext {
     basePulls: KeyedMutex<string>
   }
   /** `git describe` results by directory. */
-  gitVersions: Map<string, string | undefined>
+  gitVersions: Map<string, Promise<string | undefined>>
   /** The shared build cache (`--cache-to`/`--cache-from`), if any. */
   remote?: RemoteCache | undefined
 }

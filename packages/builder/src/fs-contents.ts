@@ -5,7 +5,6 @@ import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/laye
 import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { execa } from 'execa'
-import { DIFF_PREFIX } from './content.js'
 import { hashFile } from './hashing.js'
 import { materialisePulled } from './pulled-contents.js'
 import { copyTree } from './util.js'
@@ -75,6 +74,7 @@ async function isMountPoint(path: string): Promise<boolean> {
  *  stays open until closeAll (which the command calls on every exit path). */
 export class OpenedImages {
   readonly #opened = new Map<string, Promise<MountedFsImage | undefined>>()
+  readonly #materialised = new Map<string, Promise<void>>()
   readonly #opts: { stackerDir: string; store: OverlayStore; logger: Logger }
 
   constructor(opts: { stackerDir: string; store: OverlayStore; logger: Logger }) {
@@ -85,9 +85,17 @@ export class OpenedImages {
   async open(chain: readonly string[], logger: Logger = this.#opts.logger): Promise<void> {
     for (const id of chain) {
       if (!id.startsWith(FSIMAGE_PREFIX)) {
-        // Diffs found in the shared cache are extracted by their first reader (pulled-contents.ts).
-        if (id.startsWith(DIFF_PREFIX) && !(await this.#opts.store.hasContent(id)))
-          await materialisePulled({ ...this.#opts, logger }, id)
+        // Diffs found in the shared cache and base image layers are extracted by their first
+        // reader (pulled-contents.ts), once: a second reader waits for the first.
+        if (!(await this.#opts.store.hasContent(id))) {
+          let m = this.#materialised.get(id)
+          if (!m) {
+            m = materialisePulled({ ...this.#opts, logger }, id)
+            this.#materialised.set(id, m)
+            m.catch(() => this.#materialised.delete(id))
+          }
+          await m
+        }
         continue
       }
       let p = this.#opened.get(id)

@@ -1,7 +1,6 @@
-import { execFileSync } from 'node:child_process'
 import { hostname, userInfo } from 'node:os'
 import { dirname } from 'node:path'
-import { StackerError } from '@stacker/core'
+import { runTool, StackerError } from '@stacker/core'
 import {
   Annotations,
   layerKind,
@@ -103,7 +102,7 @@ async function generateOutput(ctx: BuildContext, b: BuiltLayer, out: OutputType)
     author,
     architecture: b.layer.arch,
     os: b.layer.os,
-    annotations: manifestAnnotations(ctx, b.layer),
+    annotations: await manifestAnnotations(ctx, b.layer),
   })
   const desc = await ctx.layout.writeImage(parts)
   b.entry.outputs[k] = desc
@@ -235,32 +234,41 @@ export function containerConfig(
   return c
 }
 
-function gitVersion(gitVersions: Map<string, string | undefined>, dir: string): string | undefined {
-  if (gitVersions.has(dir)) return gitVersions.get(dir)
-  const git = (args: string[]) =>
-    execFileSync('git', ['-C', dir, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim()
-  let v: string | undefined
-  try {
-    try {
-      v = git(['describe', '--tags'])
-    } catch {
-      v = git(['rev-parse', 'HEAD'])
-    }
-    if (git(['status', '--porcelain', '--untracked-files=no']) !== '') v += '-dirty'
-  } catch {
-    v = undefined
+/** `git describe --tags` (else the commit) of `dir`, `-dirty` when tracked files changed, or
+ *  undefined outside a git checkout. Asked once per directory and build. */
+async function describeGit(dir: string): Promise<string | undefined> {
+  const git = async (args: string[]): Promise<string | undefined> => {
+    const r = await runTool('git', ['-C', dir, ...args], { stdin: 'ignore' })
+    return r.exitCode === 0 ? r.stdout.trim() : undefined
   }
-  gitVersions.set(dir, v)
+  const v = (await git(['describe', '--tags'])) ?? (await git(['rev-parse', 'HEAD']))
+  if (v === undefined) return undefined
+  const status = await git(['status', '--porcelain', '--untracked-files=no'])
+  if (status === undefined) return undefined
+  return status !== '' ? `${v}-dirty` : v
+}
+
+/** The git version of the checkout `layer`'s stackerfile is in (see describeGit), for the
+ *  `git_version` annotation; started early by a build that will need it, so that it is known by
+ *  the time the layer's image is written. Undefined for a stackerfile given by URL. */
+export function layerGitVersion(ctx: BuildContext, layer: Layer): Promise<string | undefined> | undefined {
+  const file = ctx.set.files.get(layer.file)
+  if (!file || parseSource(file.path).kind !== 'local') return undefined
+  const dir = dirname(file.path)
+  let v = ctx.gitVersions.get(dir)
+  if (!v) {
+    v = describeGit(dir)
+    ctx.gitVersions.set(dir, v)
+  }
   return v
 }
 
-function manifestAnnotations(ctx: BuildContext, layer: Layer): Record<string, string> {
+async function manifestAnnotations(ctx: BuildContext, layer: Layer): Promise<Record<string, string>> {
   const ns = ctx.opts.annotationsNamespace
   const file = ctx.set.files.get(layer.file)
   const out: Record<string, string> = {}
   for (const [k, v] of layer.annotations) out[k] = v
-  const git =
-    file && parseSource(file.path).kind === 'local' ? gitVersion(ctx.gitVersions, dirname(file.path)) : undefined
+  const git = await layerGitVersion(ctx, layer)
   if (git !== undefined) out[`${ns}.stacker.git_version`] = git
   if (file) out[`${ns}.stacker.stacker_yaml`] = file.text
   out[`${ns}.stacker.stacker_version`] = ctx.s.version
