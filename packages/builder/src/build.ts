@@ -10,6 +10,7 @@ import {
   KeyedMutex,
   Semaphore,
   SingleFlight,
+  settleAll,
 } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
@@ -148,6 +149,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
         `using ':' in the layer name (${l.name}) is forbidden due to overlay constraints`,
         { pos: l.pos },
       )
+  if (ctx.remote?.pulls) warmRemoteCache(ctx, order).catch(() => {})
   // Layers start as soon as what they depend on is done; tags are applied in build order so the
   // index is the same whatever the concurrency.
   const done = new Map<string, Promise<BuiltLayer>>()
@@ -199,9 +201,7 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
     done.set(layer.name, p)
     return p
   })
-  const settled = await Promise.allSettled(results)
-  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected')
-  if (failed) throw failed.reason
+  await settleAll(results)
   if (order.length === 0) {
     await ctx.remote?.flush()
     await ctx.layout.gc()
@@ -290,9 +290,12 @@ function stackerfileDir(layer: Layer): string {
 
 /** Everything a layer's cache key needs, worked out before anything runs (docs/architecture.md, "The cache"). */
 export async function planLayer(ctx: BuildContext, layer: Layer) {
-  const imports = await resolveImports(ctx, layer)
-  const base = await resolveBase(ctx, layer)
-  const overlayDirs = await resolveOverlayDirs(ctx, layer)
+  // The base (a pull, perhaps) is found while the imports and overlay_dirs are hashed; an error of
+  // the imports comes first, then the base's.
+  const [[imports, overlayDirs], base] = await settleAll([
+    resolveImports(ctx, layer).then(async (i) => [i, await resolveOverlayDirs(ctx, layer)] as const),
+    resolveBase(ctx, layer),
+  ])
   const parts: CacheParts = {
     name: layer.name,
     definition: layerDefinition(layer),
@@ -457,6 +460,16 @@ async function prepareChain(
     chainNotes.push(overlayNote)
   }
   return { chain, chainNotes }
+}
+
+/** Connects to the `--cache-from` registries while the first layers hash their inputs, when some
+ *  layer has never been built here (a fresh machine asks the shared cache for every layer). */
+async function warmRemoteCache(ctx: BuildContext, order: readonly Layer[]): Promise<void> {
+  for (const l of order)
+    if (l.binds.length === 0 && !(await ctx.cache.lastFor(l.name))) {
+      ctx.remote?.warm()
+      return
+    }
 }
 
 /**

@@ -101,6 +101,7 @@ class Endpoint {
   readonly ref: ImageRef
   readonly label: string
   #client: Promise<RegistryClient> | undefined
+  #ready: Promise<RegistryClient> | undefined
   readonly #logger: Logger
   /** Set after a failure that will repeat for every layer (unreachable, refused credentials). */
   disabled = false
@@ -118,6 +119,16 @@ class Endpoint {
       return new RegistryClient(this.ref, { insecure, logger: this.#logger, retries: 2, retryDelayMs: 250 })
     })()
     return this.#client
+  }
+
+  /** The client once the registry answered its probe; a failure is kept (the caller disables the
+   *  endpoint on it, so it is not asked again). */
+  ready(): Promise<RegistryClient> {
+    this.#ready ??= this.client().then(async (c) => {
+      await c.connect()
+      return c
+    })
+    return this.#ready
   }
 
   async close(): Promise<void> {
@@ -229,6 +240,13 @@ export class RemoteCache {
 
   // --- pull ---------------------------------------------------------------------------------
 
+  /** Probes the `--cache-from` registries in the background, so that the first layer to ask one
+   *  does not wait for the connection (while its imports are hashed, say). Failures are reported
+   *  by find(). */
+  warm(): void {
+    for (const endpoint of this.#from) if (!endpoint.disabled) endpoint.ready().catch(() => {})
+  }
+
   /** The record of `key` in the first `--cache-from` repository that has one for this layer's
    *  platform, or undefined (after a warning when something was wrong). */
   async find(layer: Layer, key: Digest, log: Logger): Promise<FoundRecord | undefined> {
@@ -236,7 +254,7 @@ export class RemoteCache {
       if (endpoint.disabled) continue
       let manifest: Manifest
       try {
-        const client = await endpoint.client()
+        const client = await endpoint.ready()
         const desc = await client.headManifest(cacheTag(key))
         if (!desc) continue
         const m = await client.getRawManifest(desc.digest)

@@ -88,3 +88,16 @@ export class SingleFlight<K, V> {
     return p
   }
 }
+
+/** Waits for every promise to settle (so that none is left running), then throws the first
+ *  rejection in array order, else returns the values. Unlike Promise.all, the error reported does
+ *  not depend on which promise failed first in time. */
+export async function settleAll<T extends readonly unknown[] | []>(
+  promises: T,
+): Promise<{ -readonly [K in keyof T]: Awaited<T[K]> }> {
+  const settled = await Promise.allSettled(promises)
+  for (const r of settled) if (r.status === 'rejected') throw r.reason
+  return settled.map((r) => (r as PromiseFulfilledResult<unknown>).value) as {
+    -readonly [K in keyof T]: Awaited<T[K]>
+  }
+}

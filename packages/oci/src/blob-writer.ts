@@ -60,6 +60,9 @@ export interface BlobWriterContext {
  *  thread (file-hasher.ts); below it a worker's round trips cost more than the hashing. */
 export const OFF_THREAD_MIN = 4 << 20
 
+/** After this many bytes more, a writer asks the kernel to write the file out (see #startWriteback). */
+const WRITEBACK_STEP = 16 << 20
+
 /** Files in `<layout>/.tmp/` are named `blob-<pid>-<random>` so gc can tell whose they are. */
 export const TEMP_DIR = '.tmp'
 export const TEMP_PREFIX = 'blob-'
@@ -85,6 +88,9 @@ export class LayoutBlobWriter implements BlobWriter {
   #state: 'open' | 'committing' | 'done' | 'aborted' = 'open'
   #committing: Promise<unknown> | undefined
   #sealing: Promise<BlobInfo> | undefined
+  /** A datasync started while writing goes on, and the byte count it was started at. */
+  #writeback: Promise<void> | undefined
+  #writebackAt = 0
 
   constructor(ctx: BlobWriterContext, expected: ExpectedBlob = {}) {
     if (expected.digest !== undefined) parseDigest(expected.digest)
@@ -120,6 +126,7 @@ export class LayoutBlobWriter implements BlobWriter {
         const fh = await this.#handle()
         await writeAll(fh, chunks, total)
         this.#flushed += total
+        if (this.#flushed - this.#writebackAt >= WRITEBACK_STEP && !this.#writeback) this.#startWriteback(fh)
         if (this.#fileHasher) (await this.#fileHasher).advance(this.#flushed)
       } catch (e) {
         this.#error ??= e
@@ -145,8 +152,25 @@ export class LayoutBlobWriter implements BlobWriter {
     return this.#sealing
   }
 
+  /** Gets the bytes written so far to the disk while more are written, so that seal()'s fsync waits
+   *  only for the tail rather than for the whole of a large blob. A failure is kept for seal(): the
+   *  kernel reports a failed writeback to one fsync of the file only. */
+  #startWriteback(fh: FileHandle): void {
+    this.#writebackAt = this.#flushed
+    this.#writeback = fh.datasync().then(
+      () => {
+        this.#writeback = undefined
+      },
+      (e: unknown) => {
+        this.#error ??= e
+        this.#writeback = undefined
+      },
+    )
+  }
+
   async #seal(): Promise<BlobInfo> {
     await this.#queue
+    await this.#writeback
     if (this.#error !== undefined) throw this.#error
     const fh = await this.#handle()
     const hashed = this.#fileHasher?.then((h) => h.finish(this.#flushed))
@@ -214,6 +238,7 @@ export class LayoutBlobWriter implements BlobWriter {
     const fh = this.#fh
     this.#fileHasher?.then((h) => h.drop()).catch(() => {})
     this.#fh = undefined
+    await this.#writeback
     try {
       await fh?.close()
     } catch {

@@ -1,9 +1,9 @@
 import { existsSync } from 'node:fs'
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { canonicalJson, type Digest, memoryLogger, sha256Digest, StackerError } from '@stacker/core'
-import { describe, expect, it } from 'vitest'
+import { describe, expect, it, vi } from 'vitest'
 import { Annotations, type Descriptor, MediaTypes, mutateImage, OciLayout } from '../src/index.js'
 import { chunks, useTempDirs } from './helpers.js'
 import { OFF_THREAD_MIN } from '../src/blob-writer.js'
@@ -251,6 +251,39 @@ describe('blobs', () => {
     await dropped.write(good.subarray(0, 3 << 20))
     await dropped.abort()
     expect(await tempNames(l)).toEqual([])
+  })
+
+  it('gets a large blob to the disk while it is written, and a failed writeback fails the seal', async () => {
+    const l = await newLayout()
+    const probe = await open(join(await tempDir(), 'probe'), 'w')
+    const handleProto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> }
+    await probe.close()
+    const body = Buffer.alloc(40 << 20, 3)
+    for (let i = 0; i < body.length; i += 8191) body[i] = i & 0xff
+    const want = { digest: sha256Digest(body), size: body.length }
+    const writeAllOf = async (w: ReturnType<OciLayout['createBlobWriter']>) => {
+      for (let off = 0; off < body.length; off += 1 << 20) await w.write(body.subarray(off, off + (1 << 20)))
+    }
+    const datasync = vi.spyOn(handleProto, 'datasync')
+    try {
+      const w = l.createBlobWriter(want)
+      await writeAllOf(w)
+      // seal() fsyncs what is left; these were started as the bytes came.
+      expect(datasync.mock.calls.length).toBeGreaterThanOrEqual(1)
+      expect(await w.commit()).toEqual(want)
+      expect((await l.readBlob(want.digest)).equals(body)).toBe(true)
+      await rm(l.blobPath(want.digest))
+
+      // The kernel reports a failed writeback to one fsync only: the writer must keep it.
+      datasync.mockRejectedValue(Object.assign(new Error('EIO: i/o error, fdatasync'), { code: 'EIO' }))
+      const bad = l.createBlobWriter(want)
+      await writeAllOf(bad).catch(() => {})
+      await expect(bad.commit()).rejects.toThrow('EIO')
+      expect(await tempNames(l)).toEqual([])
+      expect(await blobNames(l)).toEqual([])
+    } finally {
+      datasync.mockRestore()
+    }
   })
 
   it('a failed commit removes the temp file', async () => {

@@ -135,6 +135,12 @@ export class RegistryClient {
     return { retries: this.#transport.opts.retries, delayMs: this.#transport.opts.retryDelayMs }
   }
 
+  /** Finds the registry's base URL now (the `/v2/` probe, https then http when insecure), so that
+   *  a first request made later does not wait for it. Every request does this itself when needed. */
+  async connect(): Promise<void> {
+    await this.#ensureBase('pulling')
+  }
+
   /** Drops pooled connections. The client stays usable (new connections are opened as needed). */
   close(): void {
     this.#transport.close()

@@ -1,5 +1,5 @@
 import { mkdir, readdir, rm, rmdir, stat } from 'node:fs/promises'
-import { isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
+import { isDigest, type Logger, StackerError, settleAll, silentLogger } from '@stacker/core'
 import {
   type BlobWriter,
   type Descriptor,
@@ -235,8 +235,7 @@ async function copyToLayout(
       await Promise.all(staged.map((w) => w.abort()))
       throw e
     }
-    const settled = await Promise.allSettled(staged.map((w) => w.commit()))
-    for (const r of settled) if (r.status === 'rejected') throw r.reason
+    await settleAll(staged.map((w) => w.commit()))
     ctx.report('Writing manifest to image destination')
     const d = source.descriptor
     await layout.putBlob(source.bytes, { digest: d.digest, size: d.size })

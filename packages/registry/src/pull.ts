@@ -1,4 +1,4 @@
-import { type Digest, isDigest, type Logger, StackerError, silentLogger } from '@stacker/core'
+import { type Digest, isDigest, type Logger, StackerError, settleAll, silentLogger } from '@stacker/core'
 import {
   type BlobWriter,
   type Descriptor,
@@ -248,6 +248,5 @@ export async function stageBlob(
  *  only I/O can fail here; a writer that fails removes its own temp file, and the first error is
  *  thrown. */
 async function commitAll(writers: BlobWriter[]): Promise<void> {
-  const settled = await Promise.allSettled(writers.map((w) => w.commit()))
-  for (const r of settled) if (r.status === 'rejected') throw r.reason
+  await settleAll(writers.map((w) => w.commit()))
 }
