@@ -72,6 +72,18 @@ async function isMountPoint(path: string): Promise<boolean> {
 
 /** The squashfs/erofs base contents one command has opened: each is opened once, on first use, and
  *  stays open until closeAll (which the command calls on every exit path). */
+/** The work of `id` in `runs`, started once; a failed run is forgotten so that a later call tries
+ *  again. */
+function keptUnlessFailed<T>(runs: Map<string, Promise<T>>, id: string, start: () => Promise<T>): Promise<T> {
+  let p = runs.get(id)
+  if (!p) {
+    p = start()
+    runs.set(id, p)
+    p.catch(() => runs.delete(id))
+  }
+  return p
+}
+
 export class OpenedImages {
   readonly #opened = new Map<string, Promise<MountedFsImage | undefined>>()
   readonly #materialised = new Map<string, Promise<void>>()
@@ -87,24 +99,11 @@ export class OpenedImages {
       if (!id.startsWith(FSIMAGE_PREFIX)) {
         // Diffs found in the shared cache and base image layers are extracted by their first
         // reader (pulled-contents.ts), once: a second reader waits for the first.
-        if (!(await this.#opts.store.hasContent(id))) {
-          let m = this.#materialised.get(id)
-          if (!m) {
-            m = materialisePulled({ ...this.#opts, logger }, id)
-            this.#materialised.set(id, m)
-            m.catch(() => this.#materialised.delete(id))
-          }
-          await m
-        }
+        if (!(await this.#opts.store.hasContent(id)))
+          await keptUnlessFailed(this.#materialised, id, () => materialisePulled({ ...this.#opts, logger }, id))
         continue
       }
-      let p = this.#opened.get(id)
-      if (!p) {
-        p = openOne({ ...this.#opts, logger }, id)
-        this.#opened.set(id, p)
-        p.catch(() => this.#opened.delete(id))
-      }
-      await p
+      await keptUnlessFailed(this.#opened, id, () => openOne({ ...this.#opts, logger }, id))
     }
   }
 

@@ -70,47 +70,33 @@ export async function convertDockerfile(opts: ConvertOptions): Promise<Conversio
   }
 }
 
+/** What each Dockerfile instruction does to the conversion. */
+const INSTRUCTIONS: Record<string, (st: ConvertState, instr: Instr) => void | Promise<void>> = {
+  FROM: fromInstruction,
+  ARG: argInstruction,
+  ENV: envInstruction,
+  LABEL: labelInstruction,
+  MAINTAINER: maintainerInstruction,
+  RUN: runInstruction,
+  COPY: copyInstruction,
+  ADD: copyInstruction,
+  WORKDIR: workdirInstruction,
+  USER: userInstruction,
+  VOLUME: volumeInstruction,
+  EXPOSE: exposeInstruction,
+  CMD: commandInstruction,
+  ENTRYPOINT: commandInstruction,
+  SHELL: shellInstruction,
+  STOPSIGNAL: (st, instr) =>
+    st.warn(`STOPSIGNAL ${argumentText(instr)} is not converted: stacker.yaml cannot set the image's stop signal`),
+  HEALTHCHECK: (st) => st.warn('HEALTHCHECK is not converted: OCI images and stacker.yaml have no health check'),
+  ONBUILD: (st, instr) => st.warn(`ONBUILD ${argumentText(instr)} is not converted: OCI images have no build triggers`),
+}
+
 async function instruction(st: ConvertState, instr: Instr): Promise<void> {
   if (instr.keyword !== 'FROM' && instr.keyword !== 'ARG' && st.stages.length === 0)
     st.fail(`${instr.keyword} must come after FROM`)
-  switch (instr.keyword) {
-    case 'FROM':
-      return fromInstruction(st, instr)
-    case 'ARG':
-      return argInstruction(st, instr)
-    case 'ENV':
-      return envInstruction(st, instr)
-    case 'LABEL':
-      return labelInstruction(st, instr)
-    case 'MAINTAINER':
-      return maintainerInstruction(st, instr)
-    case 'RUN':
-      return runInstruction(st, instr)
-    case 'COPY':
-    case 'ADD':
-      return copyInstruction(st, instr)
-    case 'WORKDIR':
-      return workdirInstruction(st, instr)
-    case 'USER':
-      return userInstruction(st, instr)
-    case 'VOLUME':
-      return volumeInstruction(st, instr)
-    case 'EXPOSE':
-      return exposeInstruction(st, instr)
-    case 'CMD':
-    case 'ENTRYPOINT':
-      return commandInstruction(st, instr)
-    case 'SHELL':
-      return shellInstruction(st, instr)
-    case 'STOPSIGNAL':
-      return st.warn(
-        `STOPSIGNAL ${argumentText(instr)} is not converted: stacker.yaml cannot set the image's stop signal`,
-      )
-    case 'HEALTHCHECK':
-      return st.warn('HEALTHCHECK is not converted: OCI images and stacker.yaml have no health check')
-    case 'ONBUILD':
-      return st.warn(`ONBUILD ${argumentText(instr)} is not converted: OCI images have no build triggers`)
-    default:
-      st.fail(`unknown instruction: ${instr.keyword}`)
-  }
+  const handler = Object.hasOwn(INSTRUCTIONS, instr.keyword) ? INSTRUCTIONS[instr.keyword] : undefined
+  if (!handler) st.fail(`unknown instruction: ${instr.keyword}`)
+  await handler(st, instr)
 }
