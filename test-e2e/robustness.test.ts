@@ -16,6 +16,7 @@ import {
   indexTags,
   layerTarEntries,
   manifestDescriptor,
+  mountsUnder,
   readIndex,
   readManifest,
   STACKER_BIN,
@@ -537,5 +538,56 @@ describe('a reader that goes away', () => {
     const again = expectOk(await stacker(['build', ...subs(2, 3)], { cwd: p.dir }))
     expect(again.stdout).toContain('line 2')
     expect(await indexTags(p.path('oci'))).toEqual(['chatty'])
+  })
+})
+
+describe('a full disk', () => {
+  let p: TempProject
+  beforeAll(async () => {
+    p = await tempProject()
+    // The whole project (stacker, roots and oci dirs) on a filesystem of 14 MiB.
+    await mkdir(p.path('w'))
+    await execa('mount', ['-t', 'tmpfs', '-o', 'size=14m', 'e2e-full', p.path('w')])
+    await writeFile(
+      p.path('w/stacker.yaml'),
+      `small:
+  from:
+    type: oci
+    url: ${fixtures().BUSYBOX_OCI}
+  run: echo small > /small
+big:
+  from:
+    type: built
+    tag: small
+  run: head -c \${{SIZE}} /dev/urandom > /big
+`,
+    )
+  })
+  afterAll(async () => {
+    if (p) await removeContainers(p.path('w/.stacker'))
+    await p?.cleanup()
+  })
+
+  it('fails with one line naming the layer, keeps what was built, and builds once `stacker gc` made room', async () => {
+    const w = p.path('w')
+    expectOk(await stacker(['build', '--substitute', 'SIZE=1000'], { cwd: w }))
+    const small = await snapshotTag(p.path('w/oci'), 'small')
+    // Fits as a run step's output, not once more as the layer's blob.
+    const r = await stacker(['build', '--substitute', 'SIZE=6500000'], { cwd: w })
+    expect(r.exitCode).toBe(1)
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('error:'))).toEqual([
+      expect.stringMatching(/^error: couldn't build big: ENOSPC: no space left on device.*`stacker gc`/),
+    ])
+    expect(r.stderr).not.toMatch(/^\s+at /m)
+    expect(mountsUnder(p.dir)).toEqual([w])
+    expect(await runcContainers(p.path('w/.stacker'))).toEqual([])
+    expect((await readdir(p.path('w/oci/.tmp')).catch(() => [] as string[])).length).toBe(0)
+    expect(await snapshotTag(p.path('w/oci'), 'small')).toEqual(small)
+    expectOk(await stacker(['gc'], { cwd: w }))
+    expectOk(await stacker(['build', '--substitute', 'SIZE=2000000'], { cwd: w }))
+    expect(await snapshotTag(p.path('w/oci'), 'small')).toEqual(small)
+    const files = await imageFiles(p.path('w/oci'), 'big')
+    expect(files.get('big')?.size).toBe(2000000)
+    expect(files.get('small')?.content?.toString()).toBe('small\n')
   })
 })

@@ -182,7 +182,12 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
         ctx.s.signal?.throwIfAborted()
         // Lines are prefixed with their layer's name only where layers can interleave.
         const log = serial ? ctx.logger : ctx.logger.child(layer.name)
-        const r = await buildLayer(serial ? { ...ctx, opts: { ...ctx.opts, jobs: 1 } } : { ...ctx, logger: log }, layer)
+        const r = await buildLayer(
+          serial ? { ...ctx, opts: { ...ctx.opts, jobs: 1 } } : { ...ctx, logger: log },
+          layer,
+        ).catch((e: unknown) => {
+          throw withLayerContext(e, layer)
+        })
         tagged[i] = { layer, tags: r.tags }
         await flushTags()
         // The layout is collected once every layer is tagged, before the last layer's closing
@@ -460,6 +465,19 @@ async function prepareChain(
     chainNotes.push(overlayNote)
   }
   return { chain, chainNotes }
+}
+
+/** A system call's failure (a full disk, a permission) in a layer's build says which layer it was;
+ *  errors of stacker's own already say what they were about. */
+function withLayerContext(e: unknown, layer: Layer): unknown {
+  const sys = e as NodeJS.ErrnoException
+  if (e instanceof StackerError || !(e instanceof Error) || typeof sys.code !== 'string' || !sys.syscall) return e
+  const full = sys.code === 'ENOSPC' || sys.code === 'EDQUOT'
+  return new StackerError(
+    'LAYER',
+    `couldn't build ${layer.name}: ${e.message}${full ? ' (`stacker gc` removes what no build uses)' : ''}`,
+    { cause: e },
+  )
 }
 
 /** Connects to the `--cache-from` registries while the first layers hash their inputs, when some
