@@ -1,6 +1,6 @@
 import { link, mkdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { atomicWriteFile, onCleanup, StackerError, type Logger, pathExists } from '@stacker/core'
+import { atomicWriteFile, KeptResults, onCleanup, StackerError, type Logger, pathExists } from '@stacker/core'
 import { openFsImage, parseOpenPolicy, type MountedFsImage } from '@stacker/layers'
 import { Annotations, type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
@@ -72,21 +72,9 @@ async function isMountPoint(path: string): Promise<boolean> {
 
 /** The squashfs/erofs base contents one command has opened: each is opened once, on first use, and
  *  stays open until closeAll (which the command calls on every exit path). */
-/** The work of `id` in `runs`, started once; a failed run is forgotten so that a later call tries
- *  again. */
-function keptUnlessFailed<T>(runs: Map<string, Promise<T>>, id: string, start: () => Promise<T>): Promise<T> {
-  let p = runs.get(id)
-  if (!p) {
-    p = start()
-    runs.set(id, p)
-    p.catch(() => runs.delete(id))
-  }
-  return p
-}
-
 export class OpenedImages {
-  readonly #opened = new Map<string, Promise<MountedFsImage | undefined>>()
-  readonly #materialised = new Map<string, Promise<void>>()
+  readonly #opened = new KeptResults<string, MountedFsImage | undefined>()
+  readonly #materialised = new KeptResults<string, void>()
   readonly #opts: { stackerDir: string; store: OverlayStore; logger: Logger }
 
   constructor(opts: { stackerDir: string; store: OverlayStore; logger: Logger }) {
@@ -100,18 +88,16 @@ export class OpenedImages {
         // Diffs found in the shared cache and base image layers are extracted by their first
         // reader (pulled-contents.ts), once: a second reader waits for the first.
         if (!(await this.#opts.store.hasContent(id)))
-          await keptUnlessFailed(this.#materialised, id, () => materialisePulled({ ...this.#opts, logger }, id))
+          await this.#materialised.run(id, () => materialisePulled({ ...this.#opts, logger }, id))
         continue
       }
-      await keptUnlessFailed(this.#opened, id, () => openOne({ ...this.#opts, logger }, id))
+      await this.#opened.run(id, () => openOne({ ...this.#opts, logger }, id))
     }
   }
 
   /** Releases every image opened here. */
   async closeAll(): Promise<void> {
-    const all = [...this.#opened.values()]
-    this.#opened.clear()
-    for (const p of all) {
+    for (const p of this.#opened.takeAll()) {
       const m = await p.catch(() => undefined)
       await m?.release()
     }

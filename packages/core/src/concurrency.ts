@@ -87,6 +87,43 @@ export class SingleFlight<K, V> {
     this.#inflight.set(key, p)
     return p
   }
+
+  /** The run in progress for `key`, if any. */
+  pending(key: K): Promise<V> | undefined {
+    return this.#inflight.get(key)
+  }
+}
+
+/** Each key's work, run once and its result kept; a run that fails is forgotten, so that a later
+ *  call for the key runs the work again. Concurrent calls share the run in progress. */
+export class KeptResults<K, V> {
+  readonly #runs = new Map<K, Promise<V>>()
+
+  run(key: K, fn: () => Promise<V>): Promise<V> {
+    const kept = this.#runs.get(key)
+    if (kept) return kept
+    const p = fn()
+    this.#runs.set(key, p)
+    p.catch(() => this.forget(key, p))
+    return p
+  }
+
+  /** The kept (or running) result of `key`, if any. */
+  get(key: K): Promise<V> | undefined {
+    return this.#runs.get(key)
+  }
+
+  /** Forgets `key`'s result; with `only`, only while that is still the one kept. */
+  forget(key: K, only?: Promise<V>): void {
+    if (only === undefined || this.#runs.get(key) === only) this.#runs.delete(key)
+  }
+
+  /** Every kept or running result, forgetting them all. */
+  takeAll(): Array<Promise<V>> {
+    const all = [...this.#runs.values()]
+    this.#runs.clear()
+    return all
+  }
 }
 
 /** Waits for every promise to settle (so that none is left running), then throws the first

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { KeyedMutex, settleAll, SingleFlight } from '../src/index.js'
+import { KeptResults, KeyedMutex, Semaphore, settleAll, SingleFlight } from '../src/index.js'
 
 const later = <T>(ms: number, v: T, fail = false): Promise<T> =>
   new Promise((resolve, reject) => setTimeout(() => (fail ? reject(v) : resolve(v)), ms))
@@ -42,5 +42,64 @@ describe('SingleFlight and KeyedMutex', () => {
       ),
     )
     expect(order).toEqual(['a in', 'a out', 'b in', 'b out'])
+  })
+})
+
+describe('KeptResults', () => {
+  it('runs a key once and keeps its result; a failure is forgotten and tried again', async () => {
+    const kept = new KeptResults<string, number>()
+    let runs = 0
+    const ok = () => kept.run('a', async () => ++runs)
+    expect(await Promise.all([ok(), ok()])).toEqual([1, 1])
+    expect(await ok()).toBe(1)
+    let fails = 0
+    const bad = () =>
+      kept.run('b', async () => {
+        fails++
+        throw new Error('no')
+      })
+    await expect(bad()).rejects.toThrow('no')
+    await expect(bad()).rejects.toThrow('no')
+    expect(fails).toBe(2)
+    // forget(key, only) leaves a newer result alone.
+    const first = kept.get('a')
+    kept.forget('a')
+    const second = kept.run('a', async () => 10)
+    kept.forget('a', first)
+    expect(kept.get('a')).toBe(second)
+    expect(await Promise.all(kept.takeAll())).toEqual([10])
+    expect(kept.get('a')).toBeUndefined()
+  })
+})
+
+describe('Semaphore', () => {
+  it('lets at most n run at once, in arrival order', async () => {
+    const s = new Semaphore(2)
+    let running = 0
+    let most = 0
+    const started: number[] = []
+    await Promise.all(
+      [0, 1, 2, 3, 4].map((i) =>
+        s.run(async () => {
+          started.push(i)
+          most = Math.max(most, ++running)
+          await later(5, 0)
+          running--
+        }),
+      ),
+    )
+    expect(most).toBe(2)
+    expect(started).toEqual([0, 1, 2, 3, 4])
+    expect(() => new Semaphore(0)).toThrow(RangeError)
+  })
+})
+
+describe('SingleFlight.pending', () => {
+  it('shows the run in progress only', async () => {
+    const f = new SingleFlight<string, number>()
+    const p = f.run('k', () => later(5, 1))
+    expect(f.pending('k')).toBe(p)
+    await p
+    expect(f.pending('k')).toBeUndefined()
   })
 })

@@ -2,7 +2,15 @@ import { randomBytes } from 'node:crypto'
 import { statSync } from 'node:fs'
 import { chmod, mkdir, mkdtemp, readdir, realpath, rename, rm } from 'node:fs/promises'
 import { isAbsolute, join, resolve } from 'node:path'
-import { type Logger, StackerError, onCleanup, silentLogger, pathExists, isDirectory } from '@stacker/core'
+import {
+  type Logger,
+  StackerError,
+  onCleanup,
+  silentLogger,
+  pathExists,
+  isDirectory,
+  SingleFlight,
+} from '@stacker/core'
 import { validateContentId } from './names.js'
 import { listMounts, type Mount, removeTree, unmount, unmountAll } from './mounts.js'
 import { type MountOptions, mountOverlay } from './overlay-mount.js'
@@ -48,7 +56,7 @@ const OLD_LAYOUT = ['content', 'layers', 'build', 'tmp']
 export class OverlayStore {
   readonly rootsDir: string
   readonly #logger: Logger
-  readonly #fills = new Map<string, Promise<string>>()
+  readonly #fills = new SingleFlight<string, string>()
   // Content ids under a live mount of this store; gcContent leaves them alone.
   readonly #inUse = new Map<string, number>()
 
@@ -124,9 +132,7 @@ export class OverlayStore {
    */
   ensureContent(id: string, fill: (dir: string) => Promise<void>): Promise<string> {
     const dest = this.contentPath(id)
-    const pending = this.#fills.get(id)
-    if (pending) return pending
-    const p = (async () => {
+    return this.#fills.run(id, async () => {
       if (await isDirectory(dest)) return dest
       const staging = await mkdtemp(join(this.#tmp, 'c-'))
       const unregister = onCleanup(() => removeTree(staging))
@@ -141,9 +147,7 @@ export class OverlayStore {
       } finally {
         unregister()
       }
-    })().finally(() => this.#fills.delete(id))
-    this.#fills.set(id, p)
-    return p
+    })
   }
 
   /**
@@ -152,7 +156,7 @@ export class OverlayStore {
    */
   async adoptContent(id: string, dir: string): Promise<string> {
     const dest = this.contentPath(id)
-    await this.#fills.get(id)?.catch(() => {})
+    await this.#fills.pending(id)?.catch(() => {})
     if (await isDirectory(dest)) {
       await removeTree(dir)
       return dest
@@ -314,7 +318,7 @@ export class OverlayStore {
     const removed: string[] = []
     const dir = this.#path('content')
     for (const id of (await readdir(dir)).sort()) {
-      if (keep.has(id) || this.#fills.has(id) || this.#inUse.has(id)) continue
+      if (keep.has(id) || this.#fills.pending(id) || this.#inUse.has(id)) continue
       const grave = join(this.#tmp, `gc-${randomBytes(6).toString('hex')}`)
       await rename(join(dir, id), grave)
       await removeTree(grave)

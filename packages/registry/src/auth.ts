@@ -1,7 +1,7 @@
 // Authentication to one registry: the credentials of the reference (given, or found in auth files
 // and credential helpers), the registry's challenge (Basic, or Bearer tokens per scope), and the
 // errors of refused requests. Credentials and tokens appear in no message.
-import { StackerError } from '@stacker/core'
+import { KeptResults, StackerError } from '@stacker/core'
 import { type Credentials, type CredentialsEntry, lookupAuthEntry } from './auth-file.js'
 import { statusError, subjectError } from './errors.js'
 import { type Challenge, drain, readBody } from './http.js'
@@ -32,7 +32,7 @@ export class RegistryAuth {
   readonly #opts: AuthOptions
   readonly #transport: Transport
   #creds: Promise<CredentialsEntry | undefined> | undefined
-  readonly #tokens = new Map<string, Promise<string>>()
+  readonly #tokens = new KeptResults<string, string>()
 
   constructor(ref: ImageRef, opts: AuthOptions, transport: Transport) {
     this.#ref = ref
@@ -63,16 +63,7 @@ export class RegistryAuth {
     if (ch.scheme !== 'bearer') return undefined
     const key = scopes.join(' ')
     // Blobs go up in parallel: they share one token request per scope rather than racing.
-    let token = this.#tokens.get(key)
-    if (!token) {
-      const p = this.#fetchToken(subject, ch, scopes, entry)
-      token = p
-      this.#tokens.set(key, p)
-      p.catch(() => {
-        if (this.#tokens.get(key) === p) this.#tokens.delete(key)
-      })
-    }
-    return `Bearer ${await token}`
+    return `Bearer ${await this.#tokens.run(key, () => this.#fetchToken(subject, ch, scopes, entry))}`
   }
 
   /** Forgets the token of `scopes` if it is the one a refused request carried (`sent`); one that
@@ -82,8 +73,7 @@ export class RegistryAuth {
     const cached = this.#tokens.get(key)
     if (!cached || sent === undefined) return
     const value = await cached.catch(() => undefined)
-    if (this.#tokens.get(key) === cached && (value === undefined || sent === `Bearer ${value}`))
-      this.#tokens.delete(key)
+    if (value === undefined || sent === `Bearer ${value}`) this.#tokens.forget(key, cached)
   }
 
   /** The error of a request refused with `status` (401 or 403), naming where the credentials sent
