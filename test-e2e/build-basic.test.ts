@@ -50,6 +50,7 @@ const STACKERFILE = `parent:
   volumes:
     - /data/db
     - /var/log
+  exposed_ports: [8080, 53/udp]
   working_dir: /srv
   runtime_user: "1000"
   entrypoint: echo hello world
@@ -63,6 +64,7 @@ child:
   from:
     type: built
     tag: parent
+  exposed_ports: [9090/tcp]
   run: rm /remove-me
 passthrough:
   from:
@@ -133,11 +135,18 @@ describe('basic build', () => {
       expect(c?.Env?.filter((e) => e.startsWith('PATH='))).toHaveLength(1)
       expect(c?.Entrypoint).toEqual(['echo', 'hello', 'world'])
       expect(c?.Volumes).toEqual({ '/data/db': {}, '/var/log': {} })
+      expect(c?.ExposedPorts).toEqual({ '8080/tcp': {}, '53/udp': {} })
       expect(c?.Labels).toEqual({ foo: 'bar', 'org.example.other': 'value' })
       expect(c?.WorkingDir).toBe('/srv')
       expect(c?.User).toBe('1000')
       expect(cfg.os).toBe('linux')
     }
+    // A child adds its ports to those it inherits.
+    expect((await readConfig(oci(), 'child')).config?.ExposedPorts).toEqual({
+      '8080/tcp': {},
+      '53/udp': {},
+      '9090/tcp': {},
+    })
     // Environment keeps file order (docs/compatibility.md), after the inherited entries.
     const env = plain.config?.Env ?? []
     expect(env.indexOf('FOO=bar')).toBeLessThan(env.indexOf('BAZ=two words'))

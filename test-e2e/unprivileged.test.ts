@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs'
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setAttribute } from '@napi-rs/xattr'
+import { getAttribute, setAttribute } from '@napi-rs/xattr'
 import { execa } from 'execa'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
@@ -32,8 +32,10 @@ import {
   type TempProject,
   type TestUser,
   tagDigests,
+  unsquashfsExtract,
   unsquashfsList,
   waitUntil,
+  withErofsMount,
 } from './helpers/index.js'
 
 const isRoot = process.getuid?.() === 0
@@ -307,9 +309,9 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     expectOk(await asUser(mine, ['build', '-f', 'bad.yaml']))
   })
 
-  it('keeps ownership, setuid bits, xattrs and whiteouts in tar and squashfs layers', async () => {
+  it('keeps ownership, setuid bits, xattrs and whiteouts in tar, squashfs and erofs layers', async () => {
     const p = await userProject()
-    expectOk(await asUser(p, ['build', '--layer-type', 'tar', '--layer-type', 'squashfs']))
+    expectOk(await asUser(p, ['build', ...LAYER_TYPES]))
     const oci = p.path('oci')
 
     const tar = new Map<string, Awaited<ReturnType<typeof layerTarEntries>>[number]>()
@@ -348,6 +350,22 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     // squashfs layers hold whiteouts as overlayfs does: 0:0 character devices.
     expect(baseSq?.get('/etc/group')).toMatchObject({ type: 'character-device', major: 0, minor: 0 })
     expect(midSq?.get('/root-file')).toMatchObject({ type: 'character-device', major: 0, minor: 0 })
+
+    // The xattrs of the caps base, user.* and security.capability alike, in its squashfs and erofs
+    // layers, read back through unsquashfs and a kernel mount.
+    const xattrsOf = async (root: string) => ({
+      note: (await getAttribute(join(root, 'cap-bin'), 'user.note'))?.toString(),
+      caps: (await getAttribute(join(root, 'cap-bin'), 'security.capability'))?.toString('base64'),
+      dirnote: (await getAttribute(join(root, 'data'), 'user.dirnote'))?.toString(),
+    })
+    const want = { note: 'hello', caps: NET_RAW_CAPS.toString('base64'), dirnote: 'dir' }
+    const [capsSq] = (await readManifest(oci, 'caps-squashfs')).layers
+    await unsquashfsExtract(blobPath(oci, capsSq?.digest as string), p.path('x-caps-sq'))
+    expect(await xattrsOf(p.path('x-caps-sq'))).toEqual(want)
+    const [capsErofs] = (await readManifest(oci, 'caps-erofs')).layers
+    expect(await withErofsMount(blobPath(oci, capsErofs?.digest as string), p.path('x-caps-erofs'), xattrsOf)).toEqual(
+      want,
+    )
 
     // Verity still guards a squashfs base read without a kernel mount: a root hash that does not
     // match the image fails before anything is extracted.
@@ -407,9 +425,21 @@ describe.skipIf(!isRoot)('unprivileged operation (needs root to create the user)
     expect(bad.stderr).toMatch(/^error: invalid root hash (ab){32} for .*: verification failed$/m)
   })
 
-  it('publishes, chroots, grabs, inspects and cleans as the user', async () => {
+  it('recursive-builds, publishes, chroots, grabs, inspects and cleans as the user', async () => {
     const p = await userProject()
     expectOk(await asUser(p, ['build', '--layer-type', 'tar', '--layer-type', 'squashfs']))
+    await p.write(
+      'sub/stacker.yaml',
+      `rec:\n  from:\n    type: oci\n    url: ${p.path('busybox')}:latest\n  run: echo "rec as $(id -u)" > /rec\n`,
+    )
+    await execa('chown', ['-R', `${user.uid}:${user.gid}`, p.path('sub')])
+    const rec = expectOk(await asUser(p, ['recursive-build', '--search-dir', 'sub']))
+    expect(rec.stderr).toContain('filesystem rec built successfully')
+    const recFiles = new Map<string, string | undefined>()
+    for (const l of (await readManifest(p.path('oci'), 'rec')).layers)
+      for (const e of await layerTarEntries(p.path('oci'), l.digest, { withContent: true }))
+        recFiles.set(e.name.replace(/^\.?\//, ''), e.content?.toString())
+    expect(recFiles.get('rec')).toBe('rec as 0\n')
     let registry: Registry | undefined
     try {
       registry = await startRegistry()

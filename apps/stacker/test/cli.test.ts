@@ -88,10 +88,10 @@ describe('stacker CLI', () => {
   it('convert: upstream flags, the Dockerfile line on an error, a clean error without a Dockerfile', async () => {
     const p = join(dir, 'convert')
     await mkdir(p, { recursive: true })
-    await writeFile(join(p, 'Dockerfile'), 'FROM busybox\nEXPOSE 80\nENTRYPOINT ["/bin/sh"]\n')
+    await writeFile(join(p, 'Dockerfile'), 'FROM busybox\nSTOPSIGNAL SIGINT\nENTRYPOINT ["/bin/sh"]\n')
     const r = await stacker(['convert'], { cwd: p })
     expect(r.exitCode, r.stderr).toBe(0)
-    expect(r.stderr).toContain('Dockerfile:2: EXPOSE 80 is not converted')
+    expect(r.stderr).toContain('Dockerfile:2: STOPSIGNAL SIGINT is not converted')
     expect(await readFile(join(p, 'stacker.yaml'), 'utf8')).toContain('url: docker://busybox')
     expect(await readFile(join(p, 'stacker-subs.yaml'), 'utf8')).toContain('IMAGE: app')
     const o = await stacker(['convert', '-i', 'Dockerfile', '-o', 'out.yaml', '-s', 'subs.yaml'], { cwd: p })

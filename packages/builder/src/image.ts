@@ -225,6 +225,10 @@ export function containerConfig(
     c.Volumes = { ...(c.Volumes ?? {}) }
     for (const v of layer.volumes) c.Volumes[v] = {}
   }
+  if (layer.exposedPorts.length) {
+    c.ExposedPorts = { ...(c.ExposedPorts ?? {}) }
+    for (const p of layer.exposedPorts) c.ExposedPorts[p] = {}
+  }
   const labels = { ...(c.Labels ?? {}) }
   for (const [k, v] of generatedLabels) labels[k] = v
   for (const [k, v] of layer.labels) labels[k] = v

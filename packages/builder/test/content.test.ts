@@ -33,6 +33,7 @@ function layer(name: string, over: Partial<Layer>): Layer {
     labels: [],
     annotations: [],
     volumes: [],
+    exposedPorts: [],
     buildOnly: false,
     binds: [],
     os: 'linux',

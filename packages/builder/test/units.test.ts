@@ -21,6 +21,7 @@ function layer(over: Partial<Layer>): Layer {
     labels: [],
     annotations: [],
     volumes: [],
+    exposedPorts: [],
     buildOnly: false,
     binds: [],
     os: 'linux',
@@ -112,6 +113,11 @@ describe('containerConfig', () => {
     expect(c.Volumes).toEqual({ '/v1': {}, '/data': {} })
     expect(c.WorkingDir).toBe('/w')
     expect(c.User).toBe('1000')
+    expect(c.ExposedPorts).toBeUndefined()
+  })
+  it('exposed ports: the inherited ones kept, the layer ones added', () => {
+    const c = containerConfig({ ExposedPorts: { '80/tcp': {} } }, layer({ exposedPorts: ['443/tcp', '53/udp'] }), [])
+    expect(c.ExposedPorts).toEqual({ '80/tcp': {}, '443/tcp': {}, '53/udp': {} })
   })
 })
 

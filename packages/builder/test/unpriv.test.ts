@@ -1,9 +1,10 @@
-import { lstat, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, mkdtemp, readFile, readdir, realpath, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Logger } from '@stacker/core'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { unprivSetup } from '../src/index.js'
+import { rootsDirRequirement } from '../src/unpriv.js'
 
 const isRoot = process.getuid?.() === 0
 
@@ -69,5 +70,28 @@ describe.runIf(isRoot)('unprivSetup (needs root: chown)', () => {
       `previous run of stacker found with uid 0 in ${o.dirs.stackerDir}: as root, run \`stacker clean\` there`,
     )
     expect((await readdir(dir)).sort()).toEqual(['w'])
+  })
+})
+
+describe('rootsDirRequirement', () => {
+  let dir: string
+  beforeEach(async () => {
+    dir = await realpath(await mkdtemp(join(tmpdir(), 'stacker-roots-')))
+  })
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  it('passes the real path of a local dir, and fails one named through a symlink, naming the real path', async () => {
+    await mkdir(join(dir, 'real', 'roots'), { recursive: true })
+    await symlink('real', join(dir, 'link'))
+    expect(await rootsDirRequirement(join(dir, 'real', 'roots'))).toEqual({
+      what: 'roots dir',
+      detail: `${join(dir, 'real', 'roots')} (no symlinks, not NFS)`,
+    })
+    const linked = await rootsDirRequirement(join(dir, 'link', 'roots'))
+    expect(linked.problem).toBe(
+      `${join(dir, 'link', 'roots')}: roots dir (--roots-dir) path uses symbolic links, use "${join(dir, 'real', 'roots')}" instead`,
+    )
   })
 })

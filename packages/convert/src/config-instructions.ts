@@ -126,12 +126,27 @@ export function volumeInstruction(st: ConvertState, instr: Instr): void {
   }
 }
 
+/** EXPOSE 80 8000-8001/udp: `exposed_ports` 80/tcp, 8000/udp, 8001/udp, as Docker records them. A
+ *  port from an ARG stays a substitution, checked when the stacker.yaml is read. */
 export function exposeInstruction(st: ConvertState, instr: Instr): void {
   const stage = st.stage
-  const ports = argumentWords(instr).map((w) => expandText(st, w, stage, `EXPOSE ${w}`))
-  st.warn(
-    `EXPOSE ${ports.join(' ')} is not converted: stacker.yaml cannot set the image's ExposedPorts; publish the ports when running the container`,
-  )
+  const add = (t: Template) => {
+    if (!stage.exposedPorts.some((p) => textOf(p) === textOf(t))) stage.exposedPorts.push(t)
+  }
+  for (const w of argumentWords(instr)) {
+    const t = expand(st, w, stage, `EXPOSE ${w}`)
+    if (!isLiteral(t)) {
+      add(t)
+      continue
+    }
+    const m = /^([0-9]+)(?:-([0-9]+))?(?:\/([a-zA-Z]+))?$/.exec(textOf(t))
+    const proto = (m?.[3] ?? 'tcp').toLowerCase()
+    const from = Number(m?.[1])
+    const to = m?.[2] === undefined ? from : Number(m[2])
+    if (!m || from < 1 || to > 65535 || to < from || !['tcp', 'udp', 'sctp'].includes(proto))
+      st.fail(`invalid port ${JSON.stringify(textOf(t))} in EXPOSE`)
+    for (let port = from; port <= to; port++) add([`${port}/${proto}`])
+  }
 }
 
 export function shellInstruction(st: ConvertState, instr: Instr): void {

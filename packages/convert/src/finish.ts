@@ -97,6 +97,7 @@ function layerConfig(stage: Stage): LayerConfig {
     labels: stage.labels,
     annotations: stage.annotations,
     volumes: stage.volumes,
+    exposedPorts: stage.exposedPorts,
   }
   if (stage.workdirSet) c.workingDir = stage.workdir
   if (stage.user !== undefined) c.runtimeUser = stage.user

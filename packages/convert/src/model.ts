@@ -127,6 +127,7 @@ export interface LayerConfig {
   labels: Array<[string, Template]>
   annotations: Array<[string, string]>
   volumes: Template[]
+  exposedPorts: Template[]
   workingDir?: Template
   runtimeUser?: Template
   entrypoint?: string[]
@@ -154,6 +155,7 @@ export interface Stage {
   labels: Array<[string, Template]>
   annotations: Array<[string, string]>
   volumes: Template[]
+  exposedPorts: Template[]
   workdir: Template
   workdirSet: boolean
   user: Template | undefined

@@ -131,6 +131,7 @@ export function renderOutput(input: RenderInput): { stackerYaml: string; substit
       if (c.labels.length) pairs.push(['labels', map(c.labels.map(([k, v]) => [str(k), tpl(v)]))])
       if (c.annotations.length) pairs.push(['annotations', map(c.annotations.map(([k, v]) => [str(k), str(v)]))])
       if (c.volumes.length) pairs.push(['volumes', seq(c.volumes.map(tpl))])
+      if (c.exposedPorts.length) pairs.push(['exposed_ports', seq(c.exposedPorts.map(tpl))])
       if (c.workingDir !== undefined) pairs.push(['working_dir', tpl(c.workingDir)])
       if (c.runtimeUser !== undefined) pairs.push(['runtime_user', tpl(c.runtimeUser)])
       if (c.entrypoint !== undefined) pairs.push(['entrypoint', seq(c.entrypoint.map(str))])

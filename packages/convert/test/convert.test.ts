@@ -279,9 +279,16 @@ describe('image config', () => {
     expect(l?.volumes).toEqual(['/data', '[/x]', '/y', '/z'])
     expect(l?.entrypoint).toEqual(['/bin/app'])
     expect(l?.cmd).toEqual(['/bin/sh', '-c', '--serve'])
-    expect(c.messages).toContain(
-      "6: EXPOSE 80 443/udp is not converted: stacker.yaml cannot set the image's ExposedPorts; publish the ports when running the container",
-    )
+    expect(l?.exposedPorts).toEqual(['80/tcp', '443/udp'])
+    expect(c.messages.filter((m) => m.includes('EXPOSE'))).toEqual([])
+  })
+
+  it('EXPOSE: ranges expanded, protocols lower-cased, ARGs left to substitution, bad ports refused', async () => {
+    const c = await convert(`${BASE}\nARG PORT=7000\nEXPOSE 8000-8002/UDP 80\nEXPOSE $PORT 80/tcp\n`)
+    expect(c.load().get('app')?.exposedPorts).toEqual(['8000/udp', '8001/udp', '8002/udp', '80/tcp', '7000/tcp'])
+    expect(c.load({ PORT: '7001/udp' }).get('app')?.exposedPorts).toContain('7001/udp')
+    expect(await convertError(`${BASE}\nEXPOSE 80/http\n`)).toBe('DOCKERFILE: Dockerfile:2: Invalid proto: http')
+    expect(await convertError(`${BASE}\nEXPOSE 0\n`)).toContain('invalid port "0" in EXPOSE')
   })
 
   it('follows Docker: ENTRYPOINT drops an inherited CMD, a later stage inherits the config', async () => {

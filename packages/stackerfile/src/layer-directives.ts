@@ -169,6 +169,19 @@ const DIRECTIVE_PARSERS = {
   volumes: (r, d, l) => {
     l.volumes = r.strList(d)
   },
+  exposed_ports: (r, d, l) => {
+    l.exposedPorts = r.strList(d).map((port, i) => {
+      const m = /^([0-9]{1,5})(?:\/(tcp|udp|sctp))?$/.exec(port)
+      if (!m || Number(m[1]) < 1 || Number(m[1]) > 65535) {
+        const item = isSeq(d.value) ? (r.p.deref(d.value.items[i] as Node) ?? d.value) : d.value
+        return r.p.fail(
+          `stackerfile: layer ${r.name}: exposed port ${JSON.stringify(port)} is not PORT or PORT/PROTO (PORT 1 to 65535, PROTO tcp, udp or sctp)`,
+          r.p.offsetOf(item as Node, d.valueOffset),
+        )
+      }
+      return `${Number(m[1])}/${m[2] ?? 'tcp'}`
+    })
+  },
   labels: (r, d, l) => {
     l.labels = r.strMap(d)
   },
@@ -218,7 +231,8 @@ const DIRECTIVE_PARSERS = {
   },
 } satisfies Record<string, DirectiveParser>
 
-/** The directives upstream's Layer struct accepts (its yaml tags). */
+/** The directives a layer accepts: those of upstream's Layer struct (its yaml tags), and
+ *  `exposed_ports`. */
 export const LAYER_DIRECTIVES: readonly string[] = Object.keys(DIRECTIVE_PARSERS)
 
 function isDirective(name: string): name is keyof typeof DIRECTIVE_PARSERS {
@@ -259,6 +273,7 @@ export function parseLayer(p: FileParser, name: string, e: Entry): Layer {
     labels: [],
     annotations: [],
     volumes: [],
+    exposedPorts: [],
     buildOnly: false,
     binds: [],
     os: p.opts.os,

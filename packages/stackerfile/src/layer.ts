@@ -74,6 +74,8 @@ export function layerDefinition(layer: Layer): unknown {
   if (layer.fullCommand) def.fullCommand = [...layer.fullCommand]
   if (layer.buildEnvPassthrough) def.buildEnvPassthrough = [...layer.buildEnvPassthrough]
   if (layer.workingDir !== undefined) def.workingDir = layer.workingDir
+  // Only when set, so that the keys of layers without it stay what they were.
+  if (layer.exposedPorts.length) def.exposedPorts = [...layer.exposedPorts]
   if (layer.runtimeUser !== undefined) def.runtimeUser = layer.runtimeUser
   return def
 }

@@ -87,6 +87,9 @@ export interface Layer {
   labels: Array<[string, string]>
   annotations: Array<[string, string]>
   volumes: string[]
+  /** `exposed_ports`, each as `PORT/PROTO` (the image config's ExposedPorts keys); a directive of
+   *  this project's, not upstream's. */
+  exposedPorts: string[]
   workingDir?: string
   runtimeUser?: string
   buildOnly: boolean

@@ -353,6 +353,23 @@ describe('imports', () => {
 })
 
 describe('other directives', () => {
+  it('exposed_ports: PORT or PORT/PROTO, tcp by default; anything else is an error at the item', () => {
+    const l = parse(
+      'foo:\n  from: {type: scratch}\n  exposed_ports: [80, 443/udp, "9000/sctp", 08080/tcp]\n',
+    ).layers.get('foo')!
+    expect(l.exposedPorts).toEqual(['80/tcp', '443/udp', '9000/sctp', '8080/tcp'])
+    expect(parse('foo:\n  from: {type: scratch}\n').layers.get('foo')!.exposedPorts).toEqual([])
+    expect(parseError('foo:\n  from: {type: scratch}\n  exposed_ports: [80, 70000]\n')).toBe(
+      'stackerfile: layer foo: exposed port "70000" is not PORT or PORT/PROTO (PORT 1 to 65535, PROTO tcp, udp or sctp) @3:23',
+    )
+    expect(parseError('foo:\n  from: {type: scratch}\n  exposed_ports:\n    - 80/http\n')).toMatch(
+      /exposed port "80\/http" is not PORT or PORT\/PROTO .* @4:7$/,
+    )
+    expect(parseError('foo:\n  from: {type: scratch}\n  exposed_ports: 80\n')).toBe(
+      "stackerfile: layer foo: 'exposed_ports' must be a list of strings, found !!int @3:18",
+    )
+  })
+
   it('bom is dropped with a warning and remembered', () => {
     const records: LogRecord[] = []
     const l = parse('foo:\n  from: {type: scratch}\n  bom:\n    generate: true\n', { records }).layers.get('foo')!
