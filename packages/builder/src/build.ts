@@ -1,57 +1,36 @@
 import { createReadStream } from 'node:fs'
 import { rm } from 'node:fs/promises'
-import { dirname, join, resolve } from 'node:path'
-import {
-  digestHex,
-  memoryLogger,
-  sha256Digest,
-  StackerError,
-  type Logger,
-  KeyedMutex,
-  Semaphore,
-  SingleFlight,
-  settleAll,
-} from '@stacker/core'
+import { join } from 'node:path'
+import { memoryLogger, StackerError, type Logger, KeyedMutex, Semaphore, SingleFlight, settleAll } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import {
   buildSubstitutions,
   layerBuildOrder,
   layerDependencies,
-  layerDefinition,
   loadStackerfiles,
   orderLines,
   type Layer,
   type Stackerfile,
   type StackerfileSet,
 } from '@stacker/stackerfile'
-import { resolveBase, type ResolvedBase } from './bases.js'
-import {
-  BuildCache,
-  CACHE_VERSION,
-  cacheKey,
-  explainMiss,
-  type CacheEntry,
-  type CacheParts,
-  type OverlayDirPart,
-  type Origin,
-} from './cache.js'
+import { BuildCache, CACHE_VERSION, explainMiss, type CacheEntry } from './cache.js'
 import { openChain, type BuildContext, type BuildOptions, type BuiltLayer } from './context.js'
-import { HashCache, hashTree } from './hashing.js'
-import { ensureOutput, layerGitVersion } from './image.js'
-import { seedProjection } from './projections.js'
-import { hasPulledContent, registerPulledContent } from './pulled-contents.js'
+import { HashCache } from './hashing.js'
+import { layerGitVersion } from './image.js'
 import { RemoteCache } from './remote-cache.js'
-import { baseDirMeta, type DirMeta, destDirOf, destImportContent, resolveImports, stageImports } from './imports.js'
-import { resolveInRoot, withChainView } from './rootfs-path.js'
+import { stageImports } from './imports.js'
 import { generateLabels, runScript } from './run.js'
 import { OpenedImages } from './fs-contents.js'
-import { commitLayerContent, contentIdFor, DIFF_PREFIX } from './content.js'
+import { commitLayerContent } from './content.js'
 import { hostCouplings } from './coupling.js'
 import { openOutputLayout, openStorage, type OpenStorage } from './storage.js'
 import { TagWriter } from './tags.js'
-import { outputKey, tagFor, type OutputType, type Session } from './types.js'
-import { copyTree } from './util.js'
+import type { OutputType, Session } from './types.js'
+
+import { missingContent, missingContentReason, originOf, planLayer, prepareChain } from './layer-inputs.js'
+import { recordLayer, writeOutputs, type LayerResult } from './layer-outputs.js'
+import { useRemoteRecord, warmRemoteCache } from './remote-layers.js'
 
 /** `stacker build`: builds every layer of the stackerfiles (and their prerequisites) in dependency
  *  order, from the cache where the key is unchanged, and tags each layer's outputs in the OCI layout.
@@ -213,114 +192,6 @@ async function buildFile(ctx: BuildContext, file: Stackerfile): Promise<void> {
   }
 }
 
-async function resolveOverlayDirs(ctx: BuildContext, layer: Layer): Promise<OverlayDirPart[]> {
-  const out: OverlayDirPart[] = []
-  for (const od of layer.overlayDirs) {
-    const { stat } = await import('node:fs/promises')
-    let st: Awaited<ReturnType<typeof stat>>
-    try {
-      st = await stat(od.source)
-    } catch {
-      throw new StackerError('IMPORT', `Given overlay_dir ${od.source} doesn't exists`, { pos: layer.pos })
-    }
-    if (!st.isDirectory())
-      throw new StackerError('IMPORT', `Given overlay_dir ${od.source} should be a directory`, { pos: layer.pos })
-    const tree = await hashTree(od.source, ctx.hashes)
-    out.push({ source: od.source, dest: od.dest || '/', digest: tree.digest, entries: tree.entries })
-  }
-  return out
-}
-
-/** The ids of `chain` whose content is gone (e.g. the roots dir was deleted). */
-async function missingContent(ctx: BuildContext, chain: readonly string[]): Promise<string[]> {
-  const out: string[] = []
-  for (const id of chain)
-    if (!(await ctx.store.hasContent(id)) && !(await hasPulledContent(ctx.s.dirs.stackerDir, id))) out.push(id)
-  return out
-}
-
-/** Upstream's words when a layer's inputs are unchanged but what it built is gone. */
-function missingContentReason(
-  overlayDirs: readonly OverlayDirPart[],
-  chain: readonly string[],
-  missing: readonly string[],
-): string {
-  // The layer's own overlay_dir copies are the last ones of its chain, in overlay_dirs order.
-  const own = chain.filter((id) => id.startsWith(OVERLAY_DIR_PREFIX)).slice(-overlayDirs.length)
-  const i = own.findIndex((id) => missing.includes(id))
-  const od = overlayDirs.length > 0 && i >= 0 ? overlayDirs[i] : undefined
-  if (od) return `cache miss because overlay_dir was missing: ${od.source}`
-  return `cache miss because the layer's filesystem was missing: ${missing[0]}`
-}
-
-const OVERLAY_DIR_PREFIX = 'ovl_'
-
-/** The content id of an overlay_dir copy: its source tree's digest and where it lands in the image
- *  (`dest` with the base's symlinks resolved). */
-function overlayDirContentId(od: OverlayDirPart, dest: string): string {
-  // `owner0`: contents made before the copy dropped host ownership must not be reused.
-  return `${OVERLAY_DIR_PREFIX}${digestHex(sha256Digest(`${od.digest}|${dest}|owner0`)).slice(0, 32)}`
-}
-
-/** Points the layer's record (what chroot, grab and stacker:// read) and its roots views at `entry`,
- *  the filesystem this build uses for it: a cache hit may name another state than the last build. */
-async function recordLayer(ctx: BuildContext, entry: CacheEntry): Promise<void> {
-  const rec = await ctx.store.readLayer(entry.name)
-  const same =
-    rec !== undefined &&
-    rec.chain.length === entry.chain.length &&
-    rec.chain.every((id, i) => id === entry.chain[i]) &&
-    (rec.meta as { key?: unknown } | undefined)?.key === entry.key
-  if (!same) await ctx.store.writeLayer(entry.name, { version: 1, chain: entry.chain, meta: { key: entry.key } })
-  await ctx.store.setLayerView(entry.name, entry.ownContent ?? undefined)
-}
-
-function originOf(base: ResolvedBase): Origin {
-  if (base.parent) return { kind: 'parent', name: base.parent.layer.name }
-  if (base.image)
-    return {
-      kind: 'image',
-      layout: base.image.layout.dir,
-      digest: base.image.descriptor.digest,
-      contents: base.image.contents,
-    }
-  return { kind: 'empty' }
-}
-
-/** The directory a layer's relative paths are resolved against (the stackerfile's; the working
- *  directory for a stackerfile given by URL, as the loader resolves them). */
-function stackerfileDir(layer: Layer): string {
-  return /^[a-z][a-z0-9+.-]*:\/\//i.test(layer.file) ? process.cwd() : dirname(resolve(layer.file))
-}
-
-/** Everything a layer's cache key needs, worked out before anything runs (docs/architecture.md, "The cache"). */
-export async function planLayer(ctx: BuildContext, layer: Layer) {
-  // The base (a pull, perhaps) is found while the imports and overlay_dirs are hashed; an error of
-  // the imports comes first, then the base's.
-  const [[imports, overlayDirs], base] = await settleAll([
-    resolveImports(ctx, layer).then(async (i) => [i, await resolveOverlayDirs(ctx, layer)] as const),
-    resolveBase(ctx, layer),
-  ])
-  const parts: CacheParts = {
-    name: layer.name,
-    definition: layerDefinition(layer),
-    base: base.key,
-    sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
-    imports: imports.map((i) => i.part),
-    overlayDirs,
-  }
-  return { imports, base, overlayDirs, parts, key: cacheKey(parts, stackerfileDir(layer)) }
-}
-
-/** The cached entry of a layer if its inputs are unchanged and its filesystem is still there. */
-export async function cachedEntry(ctx: BuildContext, layer: Layer): Promise<CacheEntry | undefined> {
-  const { key } = await planLayer(ctx, layer)
-  const hit = await ctx.cache.get(key)
-  return hit && (await missingContent(ctx, hit.chain)).length === 0 ? hit : undefined
-}
-
-type LayerResult = { built: BuiltLayer; tags: Array<[string, Descriptor]>; closing?: string }
-
 async function buildLayer(ctx: BuildContext, layer: Layer): Promise<LayerResult> {
   const r = await buildOrReuseLayer(ctx, layer)
   // Layers with binds depend on the host beyond their key: they are never shared.
@@ -414,59 +285,6 @@ async function buildOrReuseLayer(ctx: BuildContext, layer: Layer): Promise<Layer
   return { built, tags, closing: `filesystem ${layer.name} built successfully` }
 }
 
-type LayerPlan = Awaited<ReturnType<typeof planLayer>>
-
-/** The layer's chain before its run: its base's, then a content dir per overlay_dir and per
- *  import with `dest` (made here if missing), with their history notes. */
-async function prepareChain(
-  ctx: BuildContext,
-  layer: Layer,
-  plan: LayerPlan,
-): Promise<{ chain: string[]; chainNotes: string[] }> {
-  const { base, overlayDirs, imports } = plan
-  const log = ctx.logger
-  const chain = [...base.chain]
-  const chainNotes = base.parent ? [...base.parent.entry.chainNotes] : base.chain.map(() => 'base image layer')
-  const overlayNote = `stacker overlay dir for ${layer.name}`
-  const destImports = imports.filter((i) => i.spec.dest !== undefined)
-  // Destinations are resolved in the base's filesystem, so one that passes through a symlinked dir
-  // (`/lib -> usr/lib`) writes where the link points and the link stays a link.
-  // The directories an import lands in keep the owner and mode they have in the base: the import's
-  // layer holds them too, and would otherwise reset them (a /tmp without its sticky bit, a WORKDIR
-  // made for a user taken back by root).
-  const view =
-    overlayDirs.length + destImports.length > 0 && chain.length > 0
-      ? await withChainView(ctx, chain, async (root) => {
-          const seen = new Map<string, string>()
-          const dirs = new Map<string, DirMeta[]>()
-          for (const d of [...overlayDirs.map((o) => o.dest), ...destImports.map((i) => destDirOf(i))])
-            seen.set(d, resolveInRoot(root, d))
-          for (const imp of destImports) {
-            const d = seen.get(destDirOf(imp)) ?? destDirOf(imp)
-            dirs.set(d, await baseDirMeta(root, d))
-          }
-          return { resolveDest: (d: string) => seen.get(d) ?? d, dirMeta: (d: string) => dirs.get(d) ?? [] }
-        })
-      : { resolveDest: (d: string) => d, dirMeta: (): DirMeta[] => [] }
-  const resolveDest = view.resolveDest
-  for (const od of overlayDirs) {
-    const dest = resolveDest(od.dest)
-    if (dest !== resolve('/', od.dest)) log.info(`overlay dest ${od.dest} is a symlink, patching to ${dest}`)
-    const id = overlayDirContentId(od, dest)
-    await ctx.store.ensureContent(id, async (dir) => {
-      await copyTree(od.source, join(dir, dest), { contents: true, ownership: false })
-    })
-    chain.push(id)
-    chainNotes.push(overlayNote)
-  }
-  for (const imp of destImports) {
-    const dir = resolveDest(destDirOf(imp))
-    chain.push(await destImportContent(ctx, imp, dir, view.dirMeta(dir)))
-    chainNotes.push(overlayNote)
-  }
-  return { chain, chainNotes }
-}
-
 /** A system call's failure (a full disk, a permission) in a layer's build says which layer it was;
  *  errors of stacker's own already say what they were about. */
 function withLayerContext(e: unknown, layer: Layer): unknown {
@@ -478,133 +296,6 @@ function withLayerContext(e: unknown, layer: Layer): unknown {
     `couldn't build ${layer.name}: ${e.message}${full ? ' (`stacker gc` removes what no build uses)' : ''}`,
     { cause: e },
   )
-}
-
-/** Connects to the `--cache-from` registries while the first layers hash their inputs, when some
- *  layer has never been built here (a fresh machine asks the shared cache for every layer). */
-async function warmRemoteCache(ctx: BuildContext, order: readonly Layer[]): Promise<void> {
-  for (const l of order)
-    if (l.binds.length === 0 && !(await ctx.cache.lastFor(l.name))) {
-      ctx.remote?.warm()
-      return
-    }
-}
-
-/**
- * Uses the shared cache's record of the layer's key instead of running it: the chain below the
- * layer's own diff is made here (base, overlay_dirs, `dest` imports, as a build would), the
- * record's blobs are pulled (verified), its own diff is extracted and checked against its content
- * id, and the outputs are made from the pulled projections. Undefined (after one warning line)
- * when anything does not fit: the layer is then built locally.
- */
-async function useRemoteRecord(ctx: BuildContext, layer: Layer, plan: LayerPlan): Promise<LayerResult | undefined> {
-  const remote = ctx.remote
-  if (!remote) return undefined
-  const log = ctx.logger
-  const found = await remote.find(layer, plan.key, log)
-  if (!found) return undefined
-  const { record } = found
-  try {
-    const prepared = await prepareChain(ctx, layer, plan)
-    const own = record.ownContent
-    if (own !== null && !own.startsWith(DIFF_PREFIX))
-      throw new StackerError('REGISTRY', `bad own content id ${own}`, {
-        detail: { reason: 'protocol', retryable: false },
-      })
-    const expected = [...prepared.chain, ...(own !== null ? [own] : [])]
-    if (expected.length !== record.chain.length || expected.some((id, i) => id !== record.chain[i]))
-      throw new StackerError('REGISTRY', "its filesystem chain differs from this machine's", {
-        detail: { reason: 'protocol', retryable: false },
-      })
-    const outs = layer.buildOnly ? [] : ctx.outputs
-    for (const out of outs)
-      if (!record.outputs[outputKey(out)])
-        throw new StackerError('REGISTRY', `it has no ${outputKey(out)} output`, {
-          detail: { reason: 'protocol', retryable: false },
-        })
-    const keys = new Set(outs.map(outputKey))
-    const projections = record.projections.filter((p) => keys.has(p.output))
-    const stackerDir = ctx.s.dirs.stackerDir
-    const ownBlob =
-      own !== null && !(await ctx.store.hasContent(own)) && !(await hasPulledContent(stackerDir, own))
-        ? record.ownContentBlob
-        : null
-    if (own !== null && ownBlob && contentIdFor(ownBlob.diffId, ctx.s.sourceDateEpoch) !== own)
-      throw new StackerError('DIGEST', `content id ${own} does not match its diff ${ownBlob.diffId}`)
-    await remote.fetchBlobs(
-      ctx,
-      found,
-      [...projections.map((p) => p.descriptor), ...(ownBlob ? [ownBlob.descriptor] : [])],
-      new Map(ownBlob ? [[ownBlob.descriptor.digest, ownBlob.diffId]] : []),
-    )
-    // The diff is extracted (and checked again, tree against id) when something first reads it.
-    if (own !== null && ownBlob)
-      await registerPulledContent(stackerDir, ctx.layout, own, ownBlob.descriptor, {
-        diffId: ownBlob.diffId,
-        sourceDateEpoch: ctx.s.sourceDateEpoch ?? null,
-      })
-    for (const p of projections) {
-      const out = outs.find((o) => outputKey(o) === p.output) as OutputType
-      await seedProjection(
-        ctx,
-        p.content,
-        out,
-        { uncompressed: p.uncompressed, allowEmpty: p.allowEmpty },
-        { descriptor: p.descriptor, diffId: p.diffId },
-      )
-    }
-    const entry: CacheEntry = {
-      version: CACHE_VERSION,
-      name: layer.name,
-      key: plan.key,
-      parts: plan.parts,
-      chain: expected,
-      chainNotes: [...prepared.chainNotes, ...(own !== null ? [`stacker build of ${layer.name}`] : [])],
-      buildOnly: layer.buildOnly,
-      origin: originOf(plan.base),
-      ownContent: own,
-      generatedLabels: record.generatedLabels.map(([k, v]) => [k, v]),
-      outputs: {},
-    }
-    const built: BuiltLayer = { layer, entry }
-    ctx.built.set(layer.name, built)
-    const tags = layer.buildOnly ? [] : await writeOutputs(ctx, built, false)
-    await ctx.cache.put(entry)
-    await recordLayer(ctx, entry)
-    for (const [k, desc] of Object.entries(entry.outputs)) {
-      const theirs = record.outputs[k]
-      if (theirs && theirs.manifest !== desc.digest)
-        log.debug(`${layer.name} ${k}: manifest ${desc.digest} here, ${theirs.manifest} where the cache was pushed`)
-    }
-    log.info(`found remote cached layer ${layer.name}`)
-    return { built, tags }
-  } catch (e) {
-    ctx.s.signal?.throwIfAborted()
-    ctx.built.delete(layer.name)
-    const why = e instanceof Error ? e.message : String(e)
-    log.warn(`remote cached layer ${layer.name} in ${found.endpoint.label} is unusable (${why}); building it locally`)
-    return undefined
-  }
-}
-
-/** Makes every requested output of a layer, reusing cached ones, and returns the tags to set. */
-async function writeOutputs(ctx: BuildContext, b: BuiltLayer, cached: boolean): Promise<Array<[string, Descriptor]>> {
-  const tags: Array<[string, Descriptor]> = []
-  let added = false
-  for (const out of ctx.outputs) {
-    const k = outputKey(out)
-    const prev = b.entry.outputs[k]
-    const had = prev !== undefined && (await ctx.layout.hasBlob(prev.digest))
-    // What ensureOutput returns for an output whose manifest is there, without asking again.
-    const desc = had ? prev : await ensureOutput(ctx, b, out)
-    if (!had) added = true
-    const tag = tagFor(b.layer.name, out.type)
-    if (cached && had) ctx.logger.info(`found cached layer ${tag}`)
-    else if (cached) ctx.logger.info(`generating missing output ${tag} from the cached filesystem`)
-    tags.push([tag, desc])
-  }
-  if (cached && added) await ctx.cache.put(b.entry)
-  return tags
 }
 
 export type { Logger }

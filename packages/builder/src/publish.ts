@@ -10,7 +10,8 @@ import {
   readRegistriesConf,
 } from '@stacker/registry'
 import { buildSubstitutions, layerBuildOrder, loadStackerfiles, type StackerfileSet } from '@stacker/stackerfile'
-import { cachedEntry, createContext } from './build.js'
+import { createContext } from './build.js'
+import { cachedEntry } from './layer-inputs.js'
 import type { BuildContext } from './context.js'
 import { openStorage } from './storage.js'
 import { tagFor, type LayerType, type Session } from './types.js'
