@@ -1,7 +1,16 @@
 import { createReadStream } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { memoryLogger, StackerError, type Logger, KeyedMutex, Semaphore, SingleFlight, settleAll } from '@stacker/core'
+import {
+  memoryLogger,
+  StackerError,
+  type Logger,
+  KeptResults,
+  KeyedMutex,
+  Semaphore,
+  SingleFlight,
+  settleAll,
+} from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
 import type { Descriptor } from '@stacker/oci'
 import {
@@ -108,7 +117,7 @@ export async function createContext(
     tags: new TagWriter(layout),
     images: new OpenedImages({ stackerDir: s.dirs.stackerDir, store: storage.store, logger: s.logger }),
     flights: { projections: new SingleFlight(), outputs: new SingleFlight(), basePulls: new KeyedMutex() },
-    gitVersions: new Map(),
+    gitVersions: new KeptResults(),
     // --no-cache layers are never shared: nothing is asked for or pushed.
     remote: o.noCache
       ? undefined

@@ -1,4 +1,12 @@
-import { canonicalJson, digestHex, type KeyedMutex, sha256Digest, type SingleFlight, type Logger } from '@stacker/core'
+import {
+  canonicalJson,
+  digestHex,
+  type KeptResults,
+  type KeyedMutex,
+  sha256Digest,
+  type SingleFlight,
+  type Logger,
+} from '@stacker/core'
 import type { Descriptor } from '@stacker/oci'
 import type { Projection } from './projections.js'
 import type { OpenedImages } from './fs-contents.js'
@@ -65,7 +73,7 @@ export interface BuildContext {
     basePulls: KeyedMutex<string>
   }
   /** `git describe` results by directory. */
-  gitVersions: Map<string, Promise<string | undefined>>
+  gitVersions: KeptResults<string, string | undefined>
   /** The shared build cache (`--cache-to`/`--cache-from`), if any. */
   remote?: RemoteCache | undefined
 }

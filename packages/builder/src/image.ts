@@ -259,12 +259,7 @@ export function layerGitVersion(ctx: BuildContext, layer: Layer): Promise<string
   const file = ctx.set.files.get(layer.file)
   if (!file || parseSource(file.path).kind !== 'local') return undefined
   const dir = dirname(file.path)
-  let v = ctx.gitVersions.get(dir)
-  if (!v) {
-    v = describeGit(dir)
-    ctx.gitVersions.set(dir, v)
-  }
-  return v
+  return ctx.gitVersions.run(dir, () => describeGit(dir))
 }
 
 async function manifestAnnotations(ctx: BuildContext, layer: Layer): Promise<Record<string, string>> {

@@ -1,13 +1,10 @@
 import { randomUUID } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { Readable } from 'node:stream'
 import { link, mkdir, readFile, rename, rm, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import {
   atomicWriteFile,
   type Digest,
-  digestAlgorithm,
-  Hasher,
   isDigest,
   isStackerError,
   type Logger,
@@ -15,7 +12,7 @@ import {
   StackerError,
 } from '@stacker/core'
 import { extractTarLayer } from '@stacker/layers'
-import { type Descriptor, layerKind, type OciLayout } from '@stacker/oci'
+import { type Descriptor, layerKind, type OciLayout, openVerifiedFile } from '@stacker/oci'
 import type { OverlayStore } from '@stacker/overlay'
 import { contentDigest, contentIdFor, DIFF_PREFIX } from './content.js'
 import { copyTree } from './util.js'
@@ -139,7 +136,7 @@ export async function materialisePulled(
     try {
       await opts.store.ensureContent(id, async (target) => {
         // Checked against its digest as it is read: a blob changed since it was linked fails here.
-        await extractTarLayer(verifiedStream(file, rec.digest, rec.source), target, {
+        await extractTarLayer(openVerifiedFile(file, rec.digest, { name: rec.source }), target, {
           ...signal,
           whiteouts: 'overlay',
           compression: 'auto',
@@ -176,23 +173,6 @@ export async function materialisePulled(
   } else return
   await rm(file, { force: true })
   await rm(join(dir, `${id}.json`), { force: true })
-}
-
-/** `file`'s bytes, failing at the end unless they have `digest` (`name`: the file in messages). */
-function verifiedStream(file: string, digest: Digest, name: string): Readable {
-  async function* read(): AsyncGenerator<Buffer> {
-    const h = new Hasher(digestAlgorithm(digest))
-    for await (const chunk of createReadStream(file)) {
-      h.update(chunk as Buffer)
-      yield chunk as Buffer
-    }
-    const actual = h.digest()
-    if (actual !== digest)
-      throw new StackerError('DIGEST', `blob ${digest} is corrupt: ${name} has digest ${actual}`, {
-        hint: 'rebuild with --no-cache',
-      })
-  }
-  return Readable.from(read(), { objectMode: false })
 }
 
 function isBaseRecord(v: unknown): v is BaseRecord {

@@ -16,6 +16,7 @@ export type { BlobWriter, BlobInfo, ExpectedBlob } from './blob-writer.js'
 export { type FileHasher, hashFileOffThread, openFileHasher } from './file-hasher.js'
 export {
   OciLayout,
+  openVerifiedFile,
   type OpenOptions,
   type TagEntry,
   type GcOptions,

@@ -224,21 +224,7 @@ export class OciLayout {
    *  with NOT_FOUND if it is absent. The caller consumes or destroys the stream. */
   openBlob(d: Digest): Readable {
     const path = this.blobPath(d)
-    const readErr = (e: unknown) => this.#readError(d, path, e)
-    async function* verified(): AsyncGenerator<Buffer> {
-      const h = new Hasher(digestAlgorithm(d))
-      try {
-        for await (const chunk of createReadStream(path)) {
-          h.update(chunk as Buffer)
-          yield chunk as Buffer
-        }
-      } catch (e) {
-        throw readErr(e)
-      }
-      const actual = h.digest()
-      if (actual !== d) throw corruptBlob(d, path, actual)
-    }
-    return Readable.from(verified(), { objectMode: false })
+    return openVerifiedFile(path, d, { readError: (e) => this.#readError(d, path, e) })
   }
 
   /** Stores `value` as canonical JSON: the same value always yields the same digest. */
@@ -447,6 +433,32 @@ export class OciLayout {
     }
     return new StackerError('OCI_LAYOUT', `can't read blob ${d} (${path}): ${(e as Error).message}`, { cause: e })
   }
+}
+
+/**
+ * Streams file `path`, which must hold blob `d`: the stream errors with DIGEST at the end if its
+ * bytes have another digest (naming `opts.name`, default `path`). A read error is passed through
+ * `opts.readError` when given. The caller consumes or destroys the stream.
+ */
+export function openVerifiedFile(
+  path: string,
+  d: Digest,
+  opts: { name?: string; readError?: (e: unknown) => unknown } = {},
+): Readable {
+  async function* verified(): AsyncGenerator<Buffer> {
+    const h = new Hasher(digestAlgorithm(d))
+    try {
+      for await (const chunk of createReadStream(path)) {
+        h.update(chunk as Buffer)
+        yield chunk as Buffer
+      }
+    } catch (e) {
+      throw opts.readError ? opts.readError(e) : e
+    }
+    const actual = h.digest()
+    if (actual !== d) throw corruptBlob(d, opts.name ?? path, actual)
+  }
+  return Readable.from(verified(), { objectMode: false })
 }
 
 function corruptBlob(d: Digest, path: string, actual: Digest): StackerError {
